@@ -1,0 +1,66 @@
+// Balancing algorithms: deterministic pure functions behind one interface, found by name.
+//
+// Every algorithm takes a load matrix (MoE layers x logical experts), a shape and optionally the
+// placement in use, and returns a valid placement: every logical expert has a replica and no rank
+// holds two replicas of one expert. Ties are broken by explicit rules (load, then expert id, then
+// rank id), so every rank computes the identical placement from the identical input.
+// A Balancer is immutable after construction and may be called from any thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "eplb/placement.h"
+#include "eplb/status.h"
+
+namespace eplb {
+
+// Tuning knobs of the algorithms; each documents its default. Unused knobs are ignored by the
+// algorithms that have no use for them (deepseek has none).
+struct AlgorithmOptions {
+  // swift: a layer whose balancedness is at least this is left alone.
+  double skip_balancedness = 0.99;
+  // swift: stop improving a layer once its balancedness reaches this.
+  double target_balancedness = 0.995;
+  // swift: at most this many slots change per layer per call (-1: no cap).
+  int max_changes_per_layer = -1;
+  // swift: at most this many slots change over all layers per call (-1: no cap).
+  int64_t max_changes_per_cycle = -1;
+  // swift: a change must lower the layer's max rank load by at least this fraction of the mean
+  // rank load per slot changed, or it is not worth its transfer.
+  double min_gain_per_change = 0.0005;
+};
+
+struct BalanceInput {
+  const LoadMatrix* load = nullptr;        // shape.layers x shape.experts
+  Shape shape;
+  const Placement* current = nullptr;      // optional: the placement in use
+};
+
+struct BalanceResult {
+  Placement placement;
+  // deepseek: how many same-rank duplicate replicas were repaired (a documented deviation).
+  int repairs = 0;
+  // Layers the algorithm left unchanged because they were already balanced.
+  std::vector<int> skipped_layers;
+};
+
+class Balancer {
+ public:
+  virtual ~Balancer() = default;
+  virtual std::string_view name() const = 0;
+  // Checks the input (shape, load shape, current placement) and returns a new placement.
+  virtual StatusOr<BalanceResult> Balance(const BalanceInput& input) const = 0;
+};
+
+// "deepseek" or "swift"; an unknown name gives an error listing the known ones.
+StatusOr<std::unique_ptr<Balancer>> MakeBalancer(std::string_view name,
+                                                 const AlgorithmOptions& options = {});
+std::vector<std::string> BalancerNames();
+
+// Checks that input.load and input.current agree with input.shape; shared by all algorithms.
+Status ValidateBalanceInput(const BalanceInput& input);
+
+}  // namespace eplb

@@ -1,0 +1,1 @@
+#include "eplb/formats.h"

@@ -1,0 +1,50 @@
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "eplb/placement.h"
+
+namespace eplb {
+
+StatusOr<LoadMatrix> LoadMatrix::FromRows(const std::vector<std::vector<double>>& rows) {
+  if (rows.empty()) return Status::Invalid("load has no rows");
+  const size_t experts = rows[0].size();
+  if (experts == 0) return Status::Invalid("load row 0 is empty");
+  LoadMatrix m(static_cast<int>(rows.size()), static_cast<int>(experts));
+  for (size_t l = 0; l < rows.size(); ++l) {
+    if (rows[l].size() != experts) {
+      return Status::Invalid(fmt::format("load row {} has {} values, row 0 has {}", l,
+                                         rows[l].size(), experts));
+    }
+    for (size_t e = 0; e < experts; ++e) {
+      const double v = rows[l][e];
+      if (!std::isfinite(v) || v < 0) {
+        return Status::Invalid(
+            fmt::format("load row {} column {}: {} is not a finite non-negative number", l, e, v));
+      }
+      m.at(static_cast<int>(l), static_cast<int>(e)) = v;
+    }
+  }
+  return m;
+}
+
+std::vector<int> LoadMatrix::ZeroRows() const {
+  std::vector<int> out;
+  for (int l = 0; l < layers_; ++l) {
+    double sum = 0;
+    for (double v : row(l)) sum += v;
+    if (sum == 0) out.push_back(l);
+  }
+  return out;
+}
+
+LoadMatrix LoadMatrix::SelectRows(std::span<const int> rows) const {
+  LoadMatrix m(static_cast<int>(rows.size()), experts_);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto src = row(rows[i]);
+    std::copy(src.begin(), src.end(), m.row(static_cast<int>(i)).begin());
+  }
+  return m;
+}
+
+}  // namespace eplb

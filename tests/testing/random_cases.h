@@ -1,0 +1,22 @@
+// Random shapes, loads and placements for property tests. Deterministic in the seed; every test
+// prints its seed on failure (SCOPED_TRACE) so a case can be replayed.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+
+#include "eplb/placement.h"
+
+namespace eplb::testing {
+
+// A random valid shape: experts 1..64, ranks 1..16, slots so that R * S >= E, nodes dividing R.
+Shape RandomShape(std::mt19937_64& rng, int max_layers = 4);
+// Skewed loads like MoE traffic: lognormal with a few hot experts; some zero entries.
+LoadMatrix RandomLoad(std::mt19937_64& rng, const Shape& shape);
+// A random valid placement: every expert once, the rest random replicas, no duplicates per rank.
+Placement RandomPlacement(std::mt19937_64& rng, const Shape& shape);
+// Directory of the real load statistics, or "" when absent (tests then GTEST_SKIP).
+std::string DataDir();
+
+}  // namespace eplb::testing
