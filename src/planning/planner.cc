@@ -1,11 +1,210 @@
-// Placeholder until the planner lands.
 #include "eplb/planner.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <utility>
+
 namespace eplb {
-int64_t TransferPlan::bytes_moved() const { return 0; }
-StatusOr<TransferPlan> PlanTransfers(const Placement&, const Placement&, const Shape&,
-                                     const PlanOptions&) {
-  return Status::Internal("planner: not implemented yet");
+namespace {
+
+// Scratch reused across layers, so planning allocates only its outputs and a few O(E + R * S)
+// buffers, never per copy. Expert-indexed stamps hold the rank that last wrote them; they are
+// reset to -1 at the start of each layer.
+struct Scratch {
+  explicit Scratch(const Shape& shape)
+      : in_old(shape.experts),
+        old_slot(shape.experts),
+        in_target(shape.experts),
+        holder_offsets(shape.experts + 1),
+        holder_cursor(shape.experts),
+        holders(shape.slots()),
+        holder_ranks(shape.slots()) {}
+
+  std::vector<int> in_old;          // expert -> rank that holds it in the old layer (last stamped)
+  std::vector<int> old_slot;        // expert -> its local slot on rank in_old[expert]
+  std::vector<int> in_target;       // expert -> rank that holds it in the target layer
+  std::vector<int> holder_offsets;  // CSR over experts of the old layer's physical slots
+  std::vector<int> holder_cursor;
+  std::vector<int> holders;       // physical slots, ascending (hence in rank order) per expert
+  std::vector<int> holder_ranks;  // the rank of each entry of holders
+};
+
+// Orders candidate sources by the rule of PlanTransfers, smallest first: a slot that keeps its
+// expert, then the destination's node, then fewest copies sent so far, then lowest rank. A rank
+// sends fewer than 2^61 copies (there are fewer slots than that), so the fields never overlap.
+std::pair<int64_t, int> SourceKey(bool stable, bool same_node, int64_t sends, int rank) {
+  return {(int64_t{!stable} << 62) | (int64_t{!same_node} << 61) | sends, rank};
 }
-Placement ApplyPlan(const Placement& old_placement, const TransferPlan&) { return old_placement; }
+
+// The final layer when experts that stay keep their slot: each rank's freed slots (old expert not
+// in the target rank), in ascending slot order, receive the arriving experts (target experts not
+// in the old rank) in the order they appear in the target rank.
+void KeepSlotsLayer(std::span<const int> old_layer, std::span<const int> target_layer,
+                    std::span<int> final_layer, int ranks, int slots_per_rank, Scratch& scratch) {
+  std::fill(scratch.in_old.begin(), scratch.in_old.end(), -1);
+  std::fill(scratch.in_target.begin(), scratch.in_target.end(), -1);
+  for (int r = 0; r < ranks; ++r) {
+    const int base = r * slots_per_rank;
+    for (int s = 0; s < slots_per_rank; ++s) {
+      scratch.in_old[old_layer[base + s]] = r;
+      scratch.in_target[target_layer[base + s]] = r;
+      final_layer[base + s] = old_layer[base + s];
+    }
+    // Both ranks hold slots_per_rank distinct experts, so arrivals and freed slots match in number.
+    int freed = 0;
+    for (int s = 0; s < slots_per_rank; ++s) {
+      const int e = target_layer[base + s];
+      if (scratch.in_old[e] == r) continue;
+      while (scratch.in_target[old_layer[base + freed]] == r) ++freed;
+      final_layer[base + freed] = e;
+      ++freed;
+    }
+  }
+}
+
+// Fills scratch.holders / holder_ranks / holder_offsets with the old layer's slots of each expert.
+void BuildHolders(std::span<const int> old_layer, int experts, int slots_per_rank,
+                  Scratch& scratch) {
+  auto& offsets = scratch.holder_offsets;
+  std::fill(offsets.begin(), offsets.end(), 0);
+  for (int e : old_layer) ++offsets[e + 1];
+  for (int e = 0; e < experts; ++e) offsets[e + 1] += offsets[e];
+  std::copy(offsets.begin(), offsets.end() - 1, scratch.holder_cursor.begin());
+  for (int p = 0, r = 0; r < static_cast<int>(old_layer.size()) / slots_per_rank; ++r) {
+    for (int s = 0; s < slots_per_rank; ++s, ++p) {
+      const int i = scratch.holder_cursor[old_layer[p]]++;
+      scratch.holders[i] = p;
+      scratch.holder_ranks[i] = r;
+    }
+  }
+}
+
+}  // namespace
+
+int64_t TransferPlan::bytes_moved() const {
+  return std::accumulate(bytes_received.begin(), bytes_received.end(), int64_t{0});
+}
+
+StatusOr<TransferPlan> PlanTransfers(const Placement& old_placement, const Placement& target,
+                                     const Shape& shape, const PlanOptions& options) {
+  if (Status st = shape.Validate(); !st.ok()) return st.WithPrefix("shape");
+  if (Status st = ValidatePlacement(old_placement, shape); !st.ok()) {
+    return st.WithPrefix("old placement");
+  }
+  if (Status st = ValidatePlacement(target, shape); !st.ok()) {
+    return st.WithPrefix("target placement");
+  }
+  if (options.expert_bytes < 0) {
+    return Status::Invalid(
+        fmt::format("plan options: expert_bytes must be >= 0, got {}", options.expert_bytes));
+  }
+
+  const int layers = shape.layers;
+  const int ranks = shape.ranks;
+  const int spr = shape.slots_per_rank;
+  Scratch scratch(shape);
+
+  // Pass 1: the final placement, and the number of copies (slots whose id changes) to reserve.
+  TransferPlan plan;
+  plan.final_placement = target;
+  if (options.keep_slots) {
+    for (int l = 0; l < layers; ++l) {
+      KeepSlotsLayer(old_placement.layer(l), target.layer(l), plan.final_placement.layer(l), ranks,
+                     spr, scratch);
+    }
+  }
+  size_t num_copies = 0;
+  for (size_t i = 0; i < old_placement.phy2log().size(); ++i) {
+    num_copies += old_placement.phy2log()[i] != plan.final_placement.phy2log()[i];
+  }
+  plan.copies.reserve(num_copies);
+
+  // Pass 2: a source for every changed slot, in layer, destination rank, slot order; `sends`
+  // counts the copies each rank has sent so far, which is what the balancing rule compares.
+  std::vector<int> node_of(ranks);
+  for (int r = 0; r < ranks; ++r) node_of[r] = shape.NodeOf(r);
+  std::vector<int64_t> sends(ranks, 0);
+  std::vector<int64_t> receives(ranks, 0);
+  int64_t inter_node_copies = 0;
+  for (int l = 0; l < layers; ++l) {
+    const std::span<const int> old_layer = old_placement.layer(l);
+    const std::span<const int> final_layer = plan.final_placement.layer(l);
+    BuildHolders(old_layer, shape.experts, spr, scratch);
+    std::fill(scratch.in_old.begin(), scratch.in_old.end(), -1);
+    for (int r = 0; r < ranks; ++r) {
+      const int base = r * spr;
+      for (int s = 0; s < spr; ++s) {
+        scratch.in_old[old_layer[base + s]] = r;
+        scratch.old_slot[old_layer[base + s]] = s;
+      }
+      for (int s = 0; s < spr; ++s) {
+        const int e = final_layer[base + s];
+        if (e == old_layer[base + s]) continue;
+        int src = -1;  // physical slot
+        if (scratch.in_old[e] == r) {
+          src = base + scratch.old_slot[e];
+        } else {
+          std::pair<int64_t, int> best_key{INT64_MAX, 0};
+          for (int i = scratch.holder_offsets[e]; i < scratch.holder_offsets[e + 1]; ++i) {
+            const int p = scratch.holders[i];
+            const int q = scratch.holder_ranks[i];
+            const std::pair<int64_t, int> key =
+                SourceKey(final_layer[p] == old_layer[p], node_of[q] == node_of[r], sends[q], q);
+            if (key < best_key) {
+              best_key = key;
+              src = p;
+            }
+          }
+          assert(src >= 0 && "a valid placement holds every expert somewhere");
+        }
+        ExpertCopy& c = plan.copies.emplace_back();
+        c.layer = l;
+        c.expert = e;
+        c.dst_rank = r;
+        c.dst_slot = s;
+        c.src_rank = src / spr;
+        c.src_slot = src % spr;
+        c.local = c.src_rank == r;
+        c.reads_overwritten_slot = final_layer[src] != old_layer[src];
+        ++receives[r];
+        if (c.local) {
+          ++plan.local_copies;
+        } else {
+          ++sends[c.src_rank];
+          ++plan.slots_changed;
+          inter_node_copies += node_of[c.src_rank] != node_of[r];
+        }
+      }
+    }
+  }
+
+  const int64_t bytes = options.expert_bytes;
+  plan.bytes_sent.resize(ranks);
+  plan.bytes_received.resize(ranks);
+  for (int r = 0; r < ranks; ++r) {
+    plan.bytes_sent[r] = sends[r] * bytes;
+    plan.bytes_received[r] = receives[r] * bytes;
+  }
+  plan.inter_node_bytes = inter_node_copies * bytes;
+  return plan;
+}
+
+Placement ApplyPlan(const Placement& old_placement, const TransferPlan& plan) {
+  Placement result = old_placement;
+  for (const ExpertCopy& c : plan.copies) {
+    assert(c.layer >= 0 && c.layer < old_placement.layers());
+    assert(c.dst_rank >= 0 && c.dst_rank < old_placement.ranks());
+    assert(c.src_rank >= 0 && c.src_rank < old_placement.ranks());
+    assert(c.dst_slot >= 0 && c.dst_slot < old_placement.slots_per_rank());
+    assert(c.src_slot >= 0 && c.src_slot < old_placement.slots_per_rank());
+    result.at(c.layer, c.dst_rank, c.dst_slot) = old_placement.at(c.layer, c.src_rank, c.src_slot);
+  }
+  return result;
+}
+
 }  // namespace eplb
