@@ -18,7 +18,7 @@ namespace eplb {
 // in `zero_rows`; `moe` holds the other rows in file order and is what balancing uses.
 struct LoadFile {
   LoadMatrix all;
-  std::vector<int> moe_rows;   // row index in the file of each row of `moe`
+  std::vector<int> moe_rows;  // row index in the file of each row of `moe`
   std::vector<int> zero_rows;
   LoadMatrix moe;
 };
@@ -43,18 +43,24 @@ struct MapFile {
 };
 
 // Reads either layout (detected from its keys) and validates the placement. `experts` is the
-// number of logical experts, or -1 to take max id + 1.
-StatusOr<MapFile> ReadExpertMap(const std::string& path, int experts = -1);
+// number of logical experts, or -1 to take max id + 1. `ranks` is the number of ranks, or -1 to
+// take it from the file; SGLang's layout does not record ranks, so there -1 gives every physical
+// slot its own rank (slots_per_rank = 1). A given `ranks` must equal the file's device_count
+// (vllm-ascend) or divide the physical slots per layer (SGLang).
+StatusOr<MapFile> ReadExpertMap(const std::string& path, int experts = -1, int ranks = -1);
 StatusOr<MapFile> ParseExpertMap(const std::string& text, const std::string& origin,
-                                 int experts = -1);
+                                 int experts = -1, int ranks = -1);
 
 // vllm-ascend: {"moe_layer_count": L, "layer_list": [{"layer_id": i, "device_count": R,
 //   "device_list": [{"device_id": r, "device_expert": [ids per local slot]}]}]}
 // SGLang: {"physical_to_logical_map": [[ids per physical slot] per layer]}
+// SerializeExpertMap does not validate `p`; WriteExpertMap refuses an invalid placement.
 std::string SerializeExpertMap(const Placement& p, MapFormat format);
 Status WriteExpertMap(const std::string& path, const Placement& p, MapFormat format);
 
-// Writes `contents` to `path` atomically (temporary file in the same directory + rename).
+// Writes `contents` to `path` atomically: a temporary file "<path>.tmp.<pid>.<n>" in the same
+// directory, fsync, rename over `path`. On failure the temporary file is removed, `path` is left as
+// it was, and the error names `path`. The new file has mode 0644 less the umask.
 Status WriteFileAtomic(const std::string& path, const std::string& contents);
 // Reads a whole file; the error names the path and the reason.
 StatusOr<std::string> ReadFile(const std::string& path);

@@ -1,1 +1,134 @@
+// ReadFile and WriteFileAtomic: plain POSIX I/O so every failure has an errno to report.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <string>
+#include <system_error>
+
 #include "eplb/formats.h"
+
+namespace eplb {
+namespace {
+
+// The text for an errno value; std::error_code is thread-safe where strerror is not.
+std::string Reason(int err) { return std::error_code(err, std::generic_category()).message(); }
+
+// Closes a file descriptor when it goes out of scope.
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  // Closes now and returns close()'s errno, or 0.
+  int Close() {
+    const int rc = ::close(fd_);
+    fd_ = -1;
+    return rc == 0 ? 0 : errno;
+  }
+
+ private:
+  int fd_;
+};
+
+Status WriteAll(int fd, const std::string& contents) {
+  size_t done = 0;
+  while (done < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::IoError(Reason(errno));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+std::string DirectoryOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Writes and syncs `tmp`, then renames it over `path`. Leaves `tmp` behind on failure.
+Status WriteAndRename(const std::string& path, const std::string& tmp,
+                      const std::string& contents) {
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (fd.get() < 0) {
+    return Status::IoError(
+        fmt::format("{}: cannot create temporary file {}: {}", path, tmp, Reason(errno)));
+  }
+  Status written = WriteAll(fd.get(), contents);
+  if (!written.ok()) {
+    return Status::IoError(fmt::format("{}: cannot write {}: {}", path, tmp, written.message()));
+  }
+  if (::fsync(fd.get()) != 0) {
+    return Status::IoError(fmt::format("{}: cannot sync {}: {}", path, tmp, Reason(errno)));
+  }
+  if (const int err = fd.Close(); err != 0) {
+    return Status::IoError(fmt::format("{}: cannot close {}: {}", path, tmp, Reason(err)));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return Status::IoError(
+        fmt::format("{}: cannot rename {} over it: {}", path, tmp, Reason(errno)));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status WriteFileAtomic(const std::string& path, const std::string& contents) {
+  if (path.empty()) return Status::Invalid("cannot write a file with an empty path");
+  // pid + counter keeps concurrent writers (threads or processes) off each other's temp file.
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter++);
+  Status s = WriteAndRename(path, tmp, contents);
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  // Make the rename itself durable. Best effort: the new file is already in place, and a failure
+  // here says nothing about its contents.
+  Fd dir(::open(DirectoryOf(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.get() >= 0) (void)::fsync(dir.get());
+  return Status::Ok();
+}
+
+StatusOr<std::string> ReadFile(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    const std::string message = fmt::format("{}: cannot open: {}", path, Reason(err));
+    return err == ENOENT ? Status::NotFound(message) : Status::IoError(message);
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    return Status::IoError(fmt::format("{}: cannot stat: {}", path, Reason(errno)));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    return Status::IoError(fmt::format("{}: cannot read: {}", path, Reason(EISDIR)));
+  }
+  std::string out;
+  if (S_ISREG(st.st_mode)) out.reserve(static_cast<size_t>(st.st_size));
+  char buf[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::IoError(fmt::format("{}: cannot read: {}", path, Reason(errno)));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+}  // namespace eplb

@@ -1,0 +1,496 @@
+// The MPI backend: one process per rank, on a duplicate of MPI_COMM_WORLD.
+//
+// Every operation is an MPI non-blocking call on buffers this backend owns (a copy of the input,
+// a buffer for the output), so a request the caller drops or abandons after a timeout can never
+// make MPI touch the caller's memory: its buffers move to the communicator's orphan list, which is
+// polled until MPI completes them (a receive is cancelled first). Wait polls MPI_Test, which also
+// drives MPI's progress, with a short yield or sleep between polls.
+#include <memory>
+#include <string>
+
+#include "comm/internal/common.h"
+#include "eplb/comm.h"
+
+#ifdef EPLB_HAVE_MPI
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace eplb {
+namespace {
+
+using comm_internal::Clock;
+using comm_internal::Where;
+
+std::string MpiError(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) length = 0;
+  return std::string(text, length) + " (MPI error " + std::to_string(code) + ")";
+}
+
+const char* ThreadLevelName(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE:
+      return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED:
+      return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED:
+      return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE:
+      return "MPI_THREAD_MULTIPLE";
+  }
+  return "an unknown thread level";
+}
+
+// Process-wide: whether this library initialised MPI (then it finalises it when its last
+// communicator is destroyed) and how many of its communicators are alive.
+struct MpiLifetime {
+  std::mutex mu;
+  bool we_initialized = false;  // guarded by mu
+  int live = 0;                 // guarded by mu
+};
+
+MpiLifetime& Lifetime() {
+  static MpiLifetime* lifetime = new MpiLifetime();  // never destroyed: used from destructors
+  return *lifetime;
+}
+
+// One started MPI operation and the buffers MPI reads or writes; they live until MPI completes
+// the operation, even when the caller has dropped its request.
+struct MpiOp {
+  MPI_Request request = MPI_REQUEST_NULL;
+  std::vector<std::byte> in;   // the caller's input, copied (sends, collectives)
+  std::vector<std::byte> out;  // MPI's output (receives, collectives)
+};
+
+// What a communicator shares with its requests.
+class MpiCore {
+ public:
+  MpiCore(MPI_Comm comm, int rank, int size) : comm_(comm), rank_(rank), size_(size) {}
+
+  MPI_Comm comm() const { return comm_; }
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  bool aborted() const { return aborted_.load(std::memory_order_acquire); }
+  Status AbortStatus(const std::string& where) {
+    std::lock_guard lock(mu_);
+    return Status::Aborted(where + ": " + abort_reason_);
+  }
+  void Abort(std::string reason) {
+    {
+      std::lock_guard lock(mu_);
+      if (abort_reason_.empty()) {
+        abort_reason_ = "the MPI communicator of rank " + std::to_string(rank_) +
+                        " was aborted: " + std::move(reason);
+      }
+    }
+    aborted_.store(true, std::memory_order_release);
+  }
+
+  // Takes over an operation whose request the caller dropped before it completed.
+  void Adopt(std::unique_ptr<MpiOp> op, bool cancel) {
+    std::lock_guard lock(mu_);
+    if (closed_) {
+      // MPI may be finalised; leaking the buffers is the only safe thing left to do.
+      op.release();  // NOLINT(bugprone-unused-return-value): intentional leak
+      return;
+    }
+    if (cancel) MPI_Cancel(&op->request);
+    orphans_.push_back(std::move(op));
+    orphan_count_.store(static_cast<int>(orphans_.size()), std::memory_order_relaxed);
+  }
+
+  // Frees the orphans MPI has completed.
+  void PollOrphans() {
+    if (orphan_count_.load(std::memory_order_relaxed) == 0) return;
+    std::lock_guard lock(mu_);
+    PollOrphansLocked();
+  }
+
+  // Called once by the communicator's destructor: gives the orphans up to `grace` to complete,
+  // frees the duplicated communicator, and from then on leaks late orphans.
+  void Close(std::chrono::milliseconds grace) {
+    const Clock::time_point deadline = comm_internal::DeadlineAfter(grace);
+    std::lock_guard lock(mu_);
+    while (!orphans_.empty() && Clock::now() < deadline) {
+      PollOrphansLocked();
+      if (!orphans_.empty()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    for (auto& op : orphans_) op.release();  // NOLINT: MPI may still write into them
+    orphans_.clear();
+    MPI_Comm_free(&comm_);
+    closed_ = true;
+  }
+
+ private:
+  void PollOrphansLocked() {
+    std::erase_if(orphans_, [](std::unique_ptr<MpiOp>& op) {
+      int flag = 0;
+      if (MPI_Test(&op->request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        op.release();  // NOLINT: in an unknown state after an error, so never freed
+        return true;
+      }
+      return flag != 0;
+    });
+    orphan_count_.store(static_cast<int>(orphans_.size()), std::memory_order_relaxed);
+  }
+
+  MPI_Comm comm_;
+  const int rank_;
+  const int size_;
+  std::atomic<bool> aborted_{false};
+  std::atomic<int> orphan_count_{0};
+  std::mutex mu_;
+  std::string abort_reason_;                     // guarded by mu_
+  bool closed_ = false;                          // guarded by mu_
+  std::vector<std::unique_ptr<MpiOp>> orphans_;  // guarded by mu_
+};
+
+class MpiRequest final : public RequestBase {
+ public:
+  enum class Kind { kSend, kRecv, kCollective };
+
+  MpiRequest(std::shared_ptr<MpiCore> core, Kind kind, std::string description,
+             std::unique_ptr<MpiOp> op, std::span<std::byte> out)
+      : core_(std::move(core)),
+        kind_(kind),
+        description_(std::move(description)),
+        op_(std::move(op)),
+        out_(out) {}
+
+  ~MpiRequest() override {
+    if (op_ != nullptr) core_->Adopt(std::move(op_), kind_ == Kind::kRecv);
+  }
+
+  const MpiCore* core() const { return core_.get(); }
+  const std::string& description() const { return description_; }
+
+  // Whether the operation has finished, or the error it finished with. Never blocks.
+  StatusOr<bool> Poll() {
+    if (!finished_) finished_ = Progress();
+    if (!finished_) return false;
+    if (!outcome_.ok()) return outcome_;
+    return true;
+  }
+
+ private:
+  bool Progress() {
+    if (core_->aborted()) {
+      outcome_ = core_->AbortStatus(description_);
+      return true;
+    }
+    int flag = 0;
+    MPI_Status status;
+    const int rc = MPI_Test(&op_->request, &flag, &status);
+    if (rc != MPI_SUCCESS) {
+      int error_class = MPI_ERR_OTHER;
+      MPI_Error_class(rc, &error_class);
+      if (error_class == MPI_ERR_TRUNCATE) {
+        op_.reset();  // a truncated receive has completed
+        outcome_ = Status::Invalid(description_ + ": the message is larger than the receive " +
+                                   "buffer of " + std::to_string(out_.size()) + " bytes");
+      } else {
+        op_.release();  // NOLINT: in an unknown state after an error, so never freed
+        outcome_ = Status::Internal(description_ + ": MPI_Test failed: " + MpiError(rc));
+      }
+      return true;
+    }
+    if (!flag) return false;
+    if (kind_ == Kind::kRecv) {
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      if (static_cast<std::size_t>(count) != out_.size()) {
+        op_.reset();
+        outcome_ = Status::Invalid(description_ + ": the message has " + std::to_string(count) +
+                                   " bytes, the receive buffer " + std::to_string(out_.size()));
+        return true;
+      }
+    }
+    if (kind_ != Kind::kSend && !out_.empty()) {
+      std::memcpy(out_.data(), op_->out.data(), out_.size());
+    }
+    op_.reset();
+    outcome_ = Status::Ok();
+    return true;
+  }
+
+  std::shared_ptr<MpiCore> core_;
+  const Kind kind_;
+  const std::string description_;
+  std::unique_ptr<MpiOp> op_;  // null once MPI completed it
+  std::span<std::byte> out_;
+  bool finished_ = false;
+  Status outcome_;
+};
+
+MPI_Op ToMpi(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return MPI_SUM;
+    case ReduceOp::kMin:
+      return MPI_MIN;
+    case ReduceOp::kMax:
+      return MPI_MAX;
+  }
+  return MPI_SUM;
+}
+
+Status CheckCount(const std::string& where, std::size_t count, const char* unit) {
+  if (count > static_cast<std::size_t>(INT_MAX)) {
+    return Status::Invalid(where + ": " + std::to_string(count) + " " + unit +
+                           " exceed the MPI limit of " + std::to_string(INT_MAX));
+  }
+  return Status::Ok();
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(std::shared_ptr<MpiCore> core) : core_(std::move(core)) {}
+
+  ~MpiCommunicator() override {
+    core_->Close(std::chrono::seconds(2));
+    MpiLifetime& lifetime = Lifetime();
+    std::lock_guard lock(lifetime.mu);
+    if (--lifetime.live == 0 && lifetime.we_initialized) {
+      MPI_Finalize();
+      lifetime.we_initialized = false;
+    }
+  }
+
+  int rank() const override { return core_->rank(); }
+  int size() const override { return core_->size(); }
+  const char* backend() const override { return "mpi"; }
+
+  StatusOr<Request> ISend(int dst, int tag, std::span<const std::byte> data) override {
+    EPLB_RETURN_IF_ERROR(comm_internal::CheckPeer("ISend", rank(), size(), "destination", dst));
+    EPLB_RETURN_IF_ERROR(comm_internal::CheckTag("ISend", rank(), tag));
+    const std::string where =
+        Where("ISend", rank()) + " to rank " + std::to_string(dst) + " tag " + std::to_string(tag);
+    EPLB_RETURN_IF_ERROR(CheckCount(where, data.size(), "bytes"));
+    auto op = std::make_unique<MpiOp>();
+    op->in.assign(data.begin(), data.end());
+    EPLB_RETURN_IF_ERROR(Start(where, [&] {
+      return MPI_Isend(op->in.data(), static_cast<int>(op->in.size()), MPI_BYTE, dst, tag,
+                       core_->comm(), &op->request);
+    }));
+    return Request(std::make_unique<MpiRequest>(core_, MpiRequest::Kind::kSend, where,
+                                                std::move(op), std::span<std::byte>()));
+  }
+
+  StatusOr<Request> IRecv(int src, int tag, std::span<std::byte> buffer) override {
+    EPLB_RETURN_IF_ERROR(comm_internal::CheckPeer("IRecv", rank(), size(), "source", src));
+    EPLB_RETURN_IF_ERROR(comm_internal::CheckTag("IRecv", rank(), tag));
+    const std::string where = Where("IRecv", rank()) + " from rank " + std::to_string(src) +
+                              " tag " + std::to_string(tag);
+    EPLB_RETURN_IF_ERROR(CheckCount(where, buffer.size(), "bytes"));
+    auto op = std::make_unique<MpiOp>();
+    op->out.resize(buffer.size());
+    EPLB_RETURN_IF_ERROR(Start(where, [&] {
+      return MPI_Irecv(op->out.data(), static_cast<int>(op->out.size()), MPI_BYTE, src, tag,
+                       core_->comm(), &op->request);
+    }));
+    return Request(
+        std::make_unique<MpiRequest>(core_, MpiRequest::Kind::kRecv, where, std::move(op), buffer));
+  }
+
+  StatusOr<Request> IAllGather(std::span<const std::byte> send,
+                               std::span<std::byte> recv) override {
+    EPLB_RETURN_IF_ERROR(
+        comm_internal::CheckAllGatherSizes(rank(), size(), send.size(), recv.size()));
+    const std::string where =
+        Where("IAllGather", rank()) + " of " + std::to_string(send.size()) + " bytes per rank";
+    EPLB_RETURN_IF_ERROR(CheckCount(where, recv.size(), "bytes"));
+    auto op = std::make_unique<MpiOp>();
+    op->in.assign(send.begin(), send.end());
+    op->out.resize(recv.size());
+    EPLB_RETURN_IF_ERROR(Start(where, [&] {
+      const int n = static_cast<int>(op->in.size());
+      return MPI_Iallgather(op->in.data(), n, MPI_BYTE, op->out.data(), n, MPI_BYTE, core_->comm(),
+                            &op->request);
+    }));
+    return Request(std::make_unique<MpiRequest>(core_, MpiRequest::Kind::kCollective, where,
+                                                std::move(op), recv));
+  }
+
+  StatusOr<Request> IAllReduce(std::span<const int64_t> in, std::span<int64_t> out,
+                               ReduceOp op) override {
+    return StartAllReduce(std::as_bytes(in), std::as_writable_bytes(out), in.size(), out.size(),
+                          MPI_INT64_T, "int64", op);
+  }
+
+  StatusOr<Request> IAllReduce(std::span<const double> in, std::span<double> out,
+                               ReduceOp op) override {
+    return StartAllReduce(std::as_bytes(in), std::as_writable_bytes(out), in.size(), out.size(),
+                          MPI_DOUBLE, "double", op);
+  }
+
+  StatusOr<bool> Test(Request& request) override {
+    EPLB_ASSIGN_OR_RETURN(MpiRequest * own, Own(request, "Test"));
+    core_->PollOrphans();
+    return own->Poll();
+  }
+
+  Status Wait(Request& request, std::chrono::milliseconds timeout) override {
+    EPLB_ASSIGN_OR_RETURN(MpiRequest * own, Own(request, "Wait"));
+    const Clock::time_point deadline = comm_internal::DeadlineAfter(timeout);
+    core_->PollOrphans();
+    for (int polls = 0;; ++polls) {
+      EPLB_ASSIGN_OR_RETURN(bool done, own->Poll());
+      if (done) return Status::Ok();
+      if (Clock::now() >= deadline) {
+        return Status::Timeout(own->description() + ": not complete after " +
+                               std::to_string(timeout.count()) + " ms");
+      }
+      // Spin politely first (most waits end within microseconds), then back off to a sleep
+      // that still keeps the latency well under a millisecond.
+      if (polls < 64) {
+        std::this_thread::yield();
+      } else {
+        const int shift = std::min(polls - 64, 5);
+        std::this_thread::sleep_for(std::chrono::microseconds(10 << shift));
+      }
+    }
+  }
+
+  void Abort(std::string reason) override { core_->Abort(std::move(reason)); }
+
+ private:
+  StatusOr<MpiRequest*> Own(Request& request, const char* what) const {
+    if (request == nullptr) {
+      return Status::Invalid(Where(what, rank()) + ": the request is empty");
+    }
+    auto* own = dynamic_cast<MpiRequest*>(request.get());
+    if (own == nullptr || own->core() != core_.get()) {
+      return Status::Invalid(Where(what, rank()) +
+                             ": the request was started by another communicator");
+    }
+    return own;
+  }
+
+  // Runs `call` (an MPI non-blocking start) unless the communicator is aborted.
+  template <typename Call>
+  Status Start(const std::string& where, Call call) {
+    if (core_->aborted()) return core_->AbortStatus(where);
+    core_->PollOrphans();
+    const int rc = call();
+    if (rc != MPI_SUCCESS) return Status::Internal(where + ": " + MpiError(rc));
+    return Status::Ok();
+  }
+
+  StatusOr<Request> StartAllReduce(std::span<const std::byte> in, std::span<std::byte> out,
+                                   std::size_t in_count, std::size_t out_count, MPI_Datatype type,
+                                   const char* type_name, ReduceOp reduce) {
+    EPLB_RETURN_IF_ERROR(comm_internal::CheckAllReduceSizes(rank(), in_count, out_count));
+    const std::string where = Where("IAllReduce", rank()) + "(" + ReduceOpName(reduce) + ") of " +
+                              std::to_string(in_count) + " " + type_name;
+    EPLB_RETURN_IF_ERROR(CheckCount(where, in_count, "elements"));
+    auto op = std::make_unique<MpiOp>();
+    op->in.assign(in.begin(), in.end());
+    op->out.resize(out.size());
+    EPLB_RETURN_IF_ERROR(Start(where, [&] {
+      return MPI_Iallreduce(op->in.data(), op->out.data(), static_cast<int>(in_count), type,
+                            ToMpi(reduce), core_->comm(), &op->request);
+    }));
+    return Request(std::make_unique<MpiRequest>(core_, MpiRequest::Kind::kCollective, where,
+                                                std::move(op), out));
+  }
+
+  std::shared_ptr<MpiCore> core_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Communicator>> MakeMpiCommunicator(int* argc, char*** argv) {
+  MpiLifetime& lifetime = Lifetime();
+  std::lock_guard lock(lifetime.mu);
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) {
+    return Status::Precondition(
+        "MakeMpiCommunicator: MPI was already finalized in this process and cannot be "
+        "initialised again");
+  }
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = MPI_THREAD_SINGLE;
+    const int rc = MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
+    if (rc != MPI_SUCCESS) {
+      return Status::Internal("MakeMpiCommunicator: MPI_Init_thread failed: " + MpiError(rc));
+    }
+    if (provided < MPI_THREAD_MULTIPLE) {
+      MPI_Finalize();
+      return Status::Precondition(
+          std::string("MakeMpiCommunicator: MPI_Init_thread provided ") +
+          ThreadLevelName(provided) +
+          ", the communicator needs MPI_THREAD_MULTIPLE (build OpenMPI with thread support)");
+    }
+    lifetime.we_initialized = true;
+  } else {
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&provided);
+    if (provided < MPI_THREAD_MULTIPLE) {
+      return Status::Precondition(
+          std::string("MakeMpiCommunicator: MPI was initialised elsewhere with ") +
+          ThreadLevelName(provided) +
+          ", the communicator needs MPI_THREAD_MULTIPLE (initialise with MPI_Init_thread)");
+    }
+  }
+  // Balances a failure below: finalise only what this call initialised and nobody uses.
+  auto fail = [&](Status status) -> Status {
+    if (lifetime.live == 0 && lifetime.we_initialized) {
+      MPI_Finalize();
+      lifetime.we_initialized = false;
+    }
+    return status;
+  };
+  MPI_Comm comm = MPI_COMM_NULL;
+  int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm);
+  if (rc != MPI_SUCCESS) {
+    return fail(Status::Internal("MakeMpiCommunicator: MPI_Comm_dup failed: " + MpiError(rc)));
+  }
+  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  int rank = 0;
+  int size = 0;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  void* tag_ub = nullptr;
+  int has_tag_ub = 0;
+  MPI_Comm_get_attr(comm, MPI_TAG_UB, &tag_ub, &has_tag_ub);
+  if (has_tag_ub && *static_cast<int*>(tag_ub) < kMaxTag) {
+    const int ub = *static_cast<int*>(tag_ub);
+    MPI_Comm_free(&comm);
+    return fail(Status::Precondition("MakeMpiCommunicator: MPI_TAG_UB is " + std::to_string(ub) +
+                                     ", below the " + std::to_string(kMaxTag) +
+                                     " the MPI standard guarantees"));
+  }
+  ++lifetime.live;
+  return std::unique_ptr<Communicator>(
+      std::make_unique<MpiCommunicator>(std::make_shared<MpiCore>(comm, rank, size)));
+}
+
+}  // namespace eplb
+
+#else  // !EPLB_HAVE_MPI
+
+namespace eplb {
+
+StatusOr<std::unique_ptr<Communicator>> MakeMpiCommunicator(int*, char***) {
+  return Status::Precondition(
+      "MakeMpiCommunicator: MPI support was not built; configure with -DEPLB_WITH_MPI=ON and an "
+      "MPI installation (e.g. OpenMPI) to use it");
+}
+
+}  // namespace eplb
+
+#endif  // EPLB_HAVE_MPI
