@@ -22,15 +22,18 @@ namespace eplb {
 struct AlgorithmOptions {
   // swift: a layer whose balancedness is at least this is left alone.
   double skip_balancedness = 0.99;
-  // swift: stop improving a layer once its balancedness reaches this.
-  double target_balancedness = 0.995;
-  // swift: at most this many slots change per layer per call (-1: no cap).
+  // swift, incremental: a layer is improved until its balancedness reaches this. Higher targets
+  // move more experts: on the DeepSeek-V3 statistics at 64 ranks x 5 slots, after a workload
+  // shift, 0.97 changes about 11% of the slots, 0.98 about 13%, 0.99 about 16%.
+  double target_balancedness = 0.97;
+  // swift, incremental: at most this many slots change per layer per call (-1: no cap).
   int max_changes_per_layer = -1;
-  // swift: at most this many slots change over all layers per call (-1: no cap).
+  // swift, incremental: at most this many slots change over all layers per call (-1: no cap);
+  // the least balanced layers are served first.
   int64_t max_changes_per_cycle = -1;
-  // swift: a change must lower the layer's max rank load by at least this fraction of the mean
-  // rank load per slot changed, or it is not worth its transfer.
-  double min_gain_per_change = 0.0005;
+  // swift, incremental: a step must remove at least this fraction of the mean rank load of
+  // excess load per slot it changes, or it is not worth its transfer.
+  double min_gain_per_change = 1e-5;
 };
 
 struct BalanceInput {

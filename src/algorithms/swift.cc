@@ -1,24 +1,31 @@
-// SwiftBalancer: minimal-movement incremental rebalancing.
+// SwiftBalancer: minimal-movement rebalancing.
 //
-// With a current placement, each layer is improved in place by a greedy local search that only
-// ever touches the most loaded rank h, one step at a time, with three kinds of step:
-//   swap      h's expert x <-> expert y of a lighter rank j            (2 slots change)
-//   replicate a redundant replica elsewhere (expert x, count >= 2) becomes another replica of an
-//             expert z on h, so z's load is split once more           (1 slot changes)
-//   release   h gives up its replica of x (count >= 2) for a replica of another expert y
+// Both modes work on one layer at a time with three kinds of step, each keeping every expert
+// replicated and never putting two replicas of an expert on one rank:
+//   swap       expert x of rank h <-> expert y of rank j             (2 slots change)
+//   replicate  a spare replica of y (count >= 2) on rank j becomes one more replica of x, so x's
+//              load is split once more on every rank that holds it  (1 slot changes)
+//   release    rank h gives up its spare replica of x for one more replica of y
 //                                                                      (1 slot changes)
-// A step is taken only if it lowers h below its load without lifting any rank to it; among the
-// steps, the one with the lowest new peak (plus a small charge per slot changed) wins, ties going
-// to the first in a fixed enumeration order (slot, rank, expert ascending). A layer stops when it
-// reaches the target balancedness, when no step gains at least `min_gain_per_change` of the mean
-// rank load per slot changed, or when its change budget is spent. Layers already above
-// `skip_balancedness` are left alone.
 //
-// Without a current placement, a fresh placement is built (replicas to the largest load per
-// replica, then heaviest replica first onto the lightest rank with a free slot that does not hold
-// the expert yet), then improved by the same local search without any movement charge.
+// With a current placement (incremental mode), experts stay where they are unless moving them
+// pays. Let T = mean rank load / target_balancedness. The search descends on the layer's excess,
+// the sum over ranks of max(0, load - T): each round takes, for each of the most overloaded ranks
+// and for each expert that would gain from a replica, the step that removes the most excess per
+// slot changed, and applies them best first (a step whose ranks an earlier step of the round
+// changed waits for the next round). A layer stops when no rank exceeds T (it has reached the
+// target), when no step removes at least min_gain_per_change x mean per slot changed, or when its
+// change budget is spent. Layers already at skip_balancedness are left alone, worst layers go
+// first (so a per-cycle budget goes where it helps most), and a layer's result is kept only if it
+// is better than before.
 //
-// Everything is a deterministic function of (load, shape, current placement, options).
+// Without a current placement, a fresh placement is built: replicas to the largest load per
+// replica, heaviest replica first onto the lightest rank with a free slot that lacks the expert,
+// then the most loaded rank is repeatedly relieved by the step that lowers it most.
+//
+// Everything is a deterministic function of (load, shape, current placement, options): every
+// loop runs in a fixed order, every tie goes to the first candidate found (lower slot, rank,
+// expert), and no unordered container is used.
 #include "algorithms/swift.h"
 
 #include <algorithm>
@@ -29,20 +36,21 @@
 namespace eplb {
 namespace {
 
-// One step of the local search.
+// One step of a search: slot_a receives expert_a; a swap also gives slot_b expert_b.
 struct Step {
   enum Kind { kNone, kSwap, kReplicate, kRelease } kind = kNone;
-  int slot_a = -1;       // a physical slot that changes
-  int expert_a = -1;     // the expert it receives
-  int slot_b = -1;       // a second slot that changes (swap), or -1
+  int slot_a = -1;
+  int expert_a = -1;
+  int slot_b = -1;
   int expert_b = -1;
-  double peak = 0;       // max load over the ranks the step raises, and h after the step
-  int cost = 0;          // change in the number of slots that differ from the original
-  double value = 0;      // gain per slot changed, see Value()
+  int cost = 0;      // change in the number of slots that differ from the original placement
+  double value = 0;  // what the step is worth to its search (higher is better)
 };
 
-// The working state of one layer. Owned by one call; reused across layers to avoid allocation.
-class LayerSearch {
+// The working state of one layer, shared by both searches: which expert each slot holds, replica
+// counts, which ranks hold each expert, rank loads and the ranks in ascending load. Owned by one
+// Balance() call and reused across layers, so a call allocates only once per shape.
+class LayerState {
  public:
   void Reset(std::span<const double> w, std::span<const int> phy2log, int ranks, int slots_per_rank,
              bool track_changes) {
@@ -59,13 +67,17 @@ class LayerSearch {
       holders_[static_cast<size_t>(e) * R_ + count_[e]++] = i / S_;
       holds_[static_cast<size_t>(i / S_) * E_ + e] = 1;
     }
+    piece_.resize(E_);
+    for (int e = 0; e < E_; ++e) piece_[e] = count_[e] > 0 ? w_[e] / count_[e] : 0.0;
     track_ = track_changes;
     if (track_) orig_ = holds_;
     changes_ = 0;
-    steps_ = 0;
-    RecomputeLoads();
+    load_.assign(R_, 0.0);
+    total_ = 0;
+    for (int r = 0; r < R_; ++r) RankLoad(r);
     order_.resize(R_);
     std::iota(order_.begin(), order_.end(), 0);
+    SortRanks();
   }
 
   double Balancedness() const {
@@ -76,45 +88,19 @@ class LayerSearch {
   int changes() const { return changes_; }
   const std::vector<int>& slots() const { return slot_; }
 
-  // Runs the local search. Returns when no worthwhile step remains, the target is reached, or
-  // the change budget (-1: none) would be exceeded.
-  void Improve(double target, int budget, double min_gain, int max_steps) {
-    if (total_ <= 0) return;
-    const double mean = Mean();
-    for (int step_no = 0; step_no < max_steps; ++step_no) {
-      const int h = static_cast<int>(std::max_element(load_.begin(), load_.end()) - load_.begin());
-      const double lh = load_[h];
-      if (mean / lh >= target) return;
-      SortRanks();
-      // Gains beyond what the target needs buy nothing, so they do not outweigh a cheaper step.
-      Step best = FindStep(h, track_ ? lh - mean / target : lh);
-      if (best.kind == Step::kNone || best.value < min_gain * mean) return;
-      if (budget >= 0 && changes_ + best.cost > budget) return;
-      Apply(best);
-      ++steps_;
-      ++kinds_[best.kind];
-    }
-  }
-
- private:
-  double Piece(int e) const { return w_[e] / count_[e]; }
+ protected:
+  double Piece(int e) const { return piece_[e]; }
   bool Holds(int r, int e) const { return holds_[static_cast<size_t>(r) * E_ + e] != 0; }
+  // 1 if rank r did not hold e in the original placement (tracked mode only).
   int Changed(int r, int e) const {
     return track_ && !orig_[static_cast<size_t>(r) * E_ + e] ? 1 : 0;
   }
-
-  void RecomputeLoads() {
-    load_.assign(R_, 0.0);
-    total_ = 0;
-    for (int i = 0; i < R_ * S_; ++i) load_[i / S_] += Piece(slot_[i]);
-    for (double v : load_) total_ += v;
-  }
-
   std::span<const int> Holders(int e) const {
     return {holders_.data() + static_cast<size_t>(e) * R_, static_cast<size_t>(count_[e])};
   }
-  // Keeps order_ = all ranks in ascending load (ties: lower rank). Loads change on a few ranks per
-  // step, so an insertion sort over the nearly sorted order is close to linear.
+
+  // Keeps order_ = all ranks in ascending load (ties: lower rank). A step changes the loads of a
+  // few ranks, so an insertion sort of the nearly sorted order is close to linear.
   void SortRanks() {
     auto lighter = [&](int a, int b) {
       return load_[a] < load_[b] || (load_[a] == load_[b] && a < b);
@@ -127,95 +113,35 @@ class LayerSearch {
     }
   }
 
-  // Largest load among the ranks holding e other than a and b (-1 if none).
-  double MaxHolderExcept(int e, int a, int b = -1) const {
-    double best = -1.0;
-    for (int r : Holders(e)) {
-      if (r != a && r != b) best = std::max(best, load_[r]);
+  // Applies a step and refreshes the loads of every rank it touched: the ranks of its slots and
+  // every holder of an expert whose replica count changed. Returns whether counts changed.
+  bool Apply(const Step& s) {
+    const int old_a = slot_[s.slot_a];
+    SetSlot(s.slot_a, s.expert_a);
+    if (s.slot_b >= 0) SetSlot(s.slot_b, s.expert_b);
+    RankLoad(s.slot_a / S_);
+    if (s.slot_b >= 0) {
+      RankLoad(s.slot_b / S_);
+      return false;  // a swap changes no replica count
     }
-    return best;
-  }
-
-  // A step's value: how far it lowers h (at most `useful`), per slot changed when movement is
-  // tracked. Ties go to the lower peak, then to the first found.
-  void Consider(Step& best, Step& c, double lh, double useful) const {
-    if (c.peak >= lh) return;
-    c.value = std::min(lh - c.peak, useful) / (track_ ? std::max(1, c.cost) : 1);
-    if (c.value > best.value || (c.value == best.value && c.peak < best.peak)) best = c;
-  }
-
-  Step FindStep(int h, double useful) const {
-    const double lh = load_[h];
-    Step best;
-    best.peak = lh;
-    const int partners = Partners();
-    for (int s = 0; s < S_; ++s) {
-      const int hs = h * S_ + s;
-      const int x = slot_[hs];
-      const double px = Piece(x);
-      // Swap: x moves to a light rank j, y of j moves to h.
-      for (int pi = 0; pi < partners; ++pi) {
-        const int j = order_[pi];
-        // No swap with j or any heavier rank brings the peak under (lh + lj) / 2.
-        if (best.kind != Step::kNone && std::min((lh - load_[j]) / 2, useful) <= best.value) break;
-        if (j == h || Holds(j, x)) continue;
-        for (int t = 0; t < S_; ++t) {
-          const int jt = j * S_ + t;
-          const int y = slot_[jt];
-          const double py = Piece(y);
-          if (py >= px || Holds(h, y)) continue;
-          Step c{Step::kSwap, hs, y, jt, x};
-          c.peak = std::max(lh - px + py, load_[j] + px - py);
-          c.cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
-          Consider(best, c, lh, useful);
-        }
-      }
-      // Replicate: a redundant replica (expert y, count >= 2) on a light rank j becomes a replica
-      // of x, splitting x's load once more on every rank that holds it, h included.
-      if (count_[x] < R_) {
-        const double px_new = w_[x] / (count_[x] + 1);
-        const double dx = px - px_new;
-        for (int pi = 0; pi < (track_ ? R_ : partners); ++pi) {
-          const int j = order_[pi];
-          if (j == h || Holds(j, x)) continue;
-          for (int t = 0; t < S_; ++t) {
-            const int jt = j * S_ + t;
-            const int y = slot_[jt];
-            if (count_[y] < 2) continue;
-            const double py = Piece(y);
-            const double py_new = w_[y] / (count_[y] - 1);
-            double peak = load_[j] - py + px_new;
-            double h_new = lh - dx;
-            if (Holds(h, y)) h_new += py_new - py;
-            peak = std::max(peak, h_new);
-            // Other holders of y carry more; holders of x carry less (never the peak).
-            const double other = MaxHolderExcept(y, j, h);
-            if (other >= 0) peak = std::max(peak, other + py_new - py);
-            Step c{Step::kReplicate, jt, x};
-            c.peak = peak;
-            c.cost = Changed(j, x) - Changed(j, y);
-            Consider(best, c, lh, useful);
-          }
-        }
-      }
-      // Release: h's replica of x (count >= 2) becomes a replica of y; x's other holders carry
-      // more. Candidates for y: the experts with the largest load per replica, which gain most.
-      if (count_[x] >= 2) {
-        const double px_new = w_[x] / (count_[x] - 1);
-        const double other = MaxHolderExcept(x, h);
-        for (int y : hot_) {
-          if (y == x || Holds(h, y) || count_[y] >= R_) continue;
-          const double py_new = w_[y] / (count_[y] + 1);
-          Step c{Step::kRelease, hs, y};
-          c.peak = std::max(lh - px + py_new, other + px_new - px);
-          c.cost = Changed(h, y) - Changed(h, x);
-          Consider(best, c, lh, useful);
-        }
-      }
+    for (int e : {old_a, s.expert_a}) {
+      for (int r : Holders(e)) RankLoad(r);
     }
-    return best;
+    return true;
   }
 
+  std::span<const double> w_;
+  int R_ = 0, S_ = 0, E_ = 0;
+  std::vector<int> slot_;       // phy2log of the layer
+  std::vector<int> count_;      // replicas per expert
+  std::vector<double> piece_;   // w_[e] / count_[e]
+  std::vector<uint8_t> holds_;  // [rank][expert]
+  std::vector<int> holders_;    // per expert, the ranks holding it (first count_[e] entries)
+  std::vector<double> load_;    // per rank
+  double total_ = 0;
+  std::vector<int> order_;  // ranks, lightest first
+
+ private:
   void SetSlot(int i, int e) {
     const int r = i / S_;
     const int old = slot_[i];
@@ -226,24 +152,9 @@ class LayerSearch {
     *std::find(old_list, old_list + count_[old], r) = old_list[count_[old] - 1];
     --count_[old];
     holders_[static_cast<size_t>(e) * R_ + count_[e]++] = r;
+    piece_[old] = w_[old] / count_[old];
+    piece_[e] = w_[e] / count_[e];
     slot_[i] = e;
-  }
-
-  // Applies a step and refreshes the loads of every rank it touched: the ranks of the changed
-  // slots and every holder of an expert whose replica count changed.
-  void Apply(const Step& s) {
-    const int old_a = slot_[s.slot_a];
-    SetSlot(s.slot_a, s.expert_a);
-    if (s.slot_b >= 0) SetSlot(s.slot_b, s.expert_b);
-    RankLoad(s.slot_a / S_);
-    if (s.slot_b >= 0) {
-      RankLoad(s.slot_b / S_);
-      return;  // a swap changes no replica count
-    }
-    for (int e : {old_a, s.expert_a}) {
-      for (int r : Holders(e)) RankLoad(r);
-    }
-    RefreshHot();
   }
   void RankLoad(int r) {
     double sum = 0;
@@ -252,40 +163,350 @@ class LayerSearch {
     load_[r] = sum;
   }
 
+  bool track_ = false;
+  std::vector<uint8_t> orig_;  // holds_ of the original placement
+  int changes_ = 0;
+};
+
+// From-scratch refinement: repeatedly lowers the most loaded rank h by the step that lowers it
+// most without lifting any other rank to h's load. Used without movement tracking.
+class PeakSearch : public LayerState {
  public:
-  int steps_ = 0;
-  int kinds_[4] = {0, 0, 0, 0};
-  // The experts with the largest load per replica: the candidates a released slot goes to.
-  void RefreshHot() {
-    hot_.resize(E_);
-    std::iota(hot_.begin(), hot_.end(), 0);
-    const int k = std::min(E_, kHot);
-    std::partial_sort(hot_.begin(), hot_.begin() + k, hot_.end(), [&](int a, int b) {
-      const double pa = Piece(a), pb = Piece(b);
-      return pa > pb || (pa == pb && a < b);
-    });
-    hot_.resize(k);
+  // Stops when the layer reaches `target`, when the best step lowers h by less than
+  // min_gain x mean, or after max_steps steps.
+  void Improve(double target, double min_gain, int max_steps) {
+    if (total_ <= 0) return;
+    const double mean = Mean();
+    RefreshHot();
+    for (int step_no = 0; step_no < max_steps; ++step_no) {
+      const int h = static_cast<int>(std::max_element(load_.begin(), load_.end()) - load_.begin());
+      if (mean / load_[h] >= target) return;
+      const Step best = FindStep(h);
+      if (best.kind == Step::kNone || best.value < min_gain * mean) return;
+      if (Apply(best)) RefreshHot();
+      SortRanks();
+    }
   }
 
  private:
   // How many of the lightest ranks a step may pair h with: more when ranks have few slots.
   int Partners() const { return std::clamp(kPairBudget / (S_ * S_), 8, R_); }
+
+  // Largest load among the ranks holding e other than a and b (-1 if none).
+  double MaxHolderExcept(int e, int a, int b = -1) const {
+    double best = -1.0;
+    for (int r : Holders(e)) {
+      if (r != a && r != b) best = std::max(best, load_[r]);
+    }
+    return best;
+  }
+
+  // Keeps c if its new peak (the highest load among h and the ranks it lifts) is lower.
+  static void Consider(Step& best, Step c, double lh, double peak) {
+    c.value = lh - peak;
+    if (c.value > best.value) best = c;
+  }
+
+  Step FindStep(int h) const {
+    const double lh = load_[h];
+    Step best;
+    const int partners = Partners();
+    for (int s = 0; s < S_; ++s) {
+      const int hs = h * S_ + s;
+      const int x = slot_[hs];
+      const double px = Piece(x);
+      // Swap: x moves to a light rank j, a lighter y of j moves to h.
+      for (int pi = 0; pi < partners; ++pi) {
+        const int j = order_[pi];
+        // No swap with j or any heavier rank brings the peak under (lh + lj) / 2.
+        if ((lh - load_[j]) / 2 <= best.value) break;
+        if (j == h || Holds(j, x)) continue;
+        for (int t = 0; t < S_; ++t) {
+          const int jt = j * S_ + t;
+          const int y = slot_[jt];
+          const double py = Piece(y);
+          if (py >= px || Holds(h, y)) continue;
+          Consider(best, {Step::kSwap, hs, y, jt, x}, lh,
+                   std::max(lh - px + py, load_[j] + px - py));
+        }
+      }
+      // Replicate: a spare replica (expert y, count >= 2) on a light rank j becomes a replica
+      // of x, splitting x's load once more on every rank that holds it, h included.
+      if (count_[x] < R_) {
+        const double dx = px - w_[x] / (count_[x] + 1);
+        for (int pi = 0; pi < partners; ++pi) {
+          const int j = order_[pi];
+          if (j == h || Holds(j, x)) continue;
+          for (int t = 0; t < S_; ++t) {
+            const int jt = j * S_ + t;
+            const int y = slot_[jt];
+            if (count_[y] < 2) continue;
+            const double dy = w_[y] / (count_[y] - 1) - Piece(y);  // y's other holders carry more
+            double peak = std::max(load_[j] - Piece(y) + px - dx, lh - dx + (Holds(h, y) ? dy : 0));
+            const double other = MaxHolderExcept(y, j, h);
+            if (other >= 0) peak = std::max(peak, other + dy);
+            Consider(best, {Step::kReplicate, jt, x}, lh, peak);
+          }
+        }
+      }
+      // Release: h's spare replica of x becomes a replica of one of the experts with the largest
+      // load per replica; x's other holders carry more.
+      if (count_[x] >= 2) {
+        const double dx = w_[x] / (count_[x] - 1) - px;
+        const double other = MaxHolderExcept(x, h);
+        for (int y : hot_) {
+          if (y == x || Holds(h, y) || count_[y] >= R_) continue;
+          Consider(best, {Step::kRelease, hs, y}, lh,
+                   std::max(lh - px + w_[y] / (count_[y] + 1), other + dx));
+        }
+      }
+    }
+    return best;
+  }
+
+  // The kHot experts with the largest load per replica.
+  void RefreshHot() {
+    hot_.resize(E_);
+    std::iota(hot_.begin(), hot_.end(), 0);
+    const int k = std::min(E_, kHot);
+    std::partial_sort(hot_.begin(), hot_.begin() + k, hot_.end(), [&](int a, int b) {
+      return Piece(a) > Piece(b) || (Piece(a) == Piece(b) && a < b);
+    });
+    hot_.resize(k);
+  }
+
   static constexpr int kPairBudget = 512;
   static constexpr int kHot = 8;
-
-  std::span<const double> w_;
-  int R_ = 0, S_ = 0, E_ = 0;
-  std::vector<int> slot_;
-  std::vector<int> count_;
-  std::vector<uint8_t> holds_;
-  std::vector<uint8_t> orig_;
-  bool track_ = false;
-  int changes_ = 0;
-  std::vector<double> load_;
-  double total_ = 0;
-  std::vector<int> holders_;  // per expert, the ranks holding it (first count_[e] entries)
-  std::vector<int> order_;
   std::vector<int> hot_;
+};
+
+// Incremental refinement: greedy descent on the excess of one layer, the sum over ranks of
+// max(0, load - cap) with cap = mean / target. Movement is tracked: a step's value is the excess
+// it removes per slot changed.
+class ExcessSearch : public LayerState {
+ public:
+  // Runs rounds until the excess is gone, no step removes at least min_gain x mean per slot
+  // changed, or the change budget (-1: none) is spent.
+  void Improve(double target, int budget, double min_gain, int max_rounds) {
+    if (total_ <= 0) return;
+    const double mean = Mean();
+    cap_ = mean / target;
+    touched_.assign(R_, 0);
+    gain_add_.resize(E_);
+    loss_remove_.resize(E_);
+    for (int round = 1; round <= max_rounds; ++round) {
+      Prepare();
+      if (overloaded_.empty()) return;
+      CollectSteps();
+      bool applied = false;
+      for (const Step& c : steps_) {
+        // Steps far below the round's best wait for the next round, where the best step of
+        // each rank is chosen again after this round's changes.
+        if (c.value < min_gain * mean || c.value < kRoundFraction * steps_[0].value) break;
+        if (budget >= 0 && changes() + c.cost > budget) continue;
+        if (Touches(c, round)) continue;
+        Mark(c, round);
+        Apply(c);
+        Mark(c, round);
+        applied = true;
+      }
+      if (!applied) return;
+      SortRanks();
+    }
+  }
+
+ private:
+  double Exc(double l) const { return l > cap_ ? l - cap_ : 0.0; }
+  // Excess removed from the holders of e when e gains a replica (-1 when it cannot).
+  double GainAdd(int e) const {
+    if (count_[e] >= R_) return -1.0;
+    const double d = Piece(e) - w_[e] / (count_[e] + 1);
+    double g = 0;
+    for (int r : Holders(e)) g += Exc(load_[r]) - Exc(load_[r] - d);
+    return g;
+  }
+  // Excess added on rank r when e (held by r, count >= 2) loses a replica elsewhere.
+  double RemoveTerm(int e, int r) const {
+    const double d = w_[e] / (count_[e] - 1) - Piece(e);
+    return Exc(load_[r] + d) - Exc(load_[r]);
+  }
+
+  // The ranks whose load a step changes: the ranks of its slots and every holder of an expert
+  // whose replica count it changes.
+  template <typename F>
+  void ForAffected(const Step& c, F&& f) const {
+    f(c.slot_a / S_);
+    if (c.slot_b >= 0) {
+      f(c.slot_b / S_);
+      return;
+    }
+    for (int r : Holders(slot_[c.slot_a])) f(r);
+    for (int r : Holders(c.expert_a)) f(r);
+  }
+  bool Touches(const Step& c, int round) const {
+    bool hit = false;
+    ForAffected(c, [&](int r) { hit |= touched_[r] == round; });
+    return hit;
+  }
+  void Mark(const Step& c, int round) {
+    ForAffected(c, [&](int r) { touched_[r] = round; });
+  }
+
+  // Overloaded ranks (most loaded first), what each expert gains from one more replica and
+  // loses from one fewer, the donor slots and the hot experts of this round.
+  void Prepare() {
+    overloaded_.clear();
+    for (int r = 0; r < R_; ++r) {
+      if (load_[r] > cap_) overloaded_.push_back(r);
+    }
+    // The most loaded ranks first; a round looks for swaps and releases on the first few only.
+    std::sort(overloaded_.begin(), overloaded_.end(),
+              [&](int a, int b) { return load_[a] > load_[b] || (load_[a] == load_[b] && a < b); });
+    for (int e = 0; e < E_; ++e) {
+      gain_add_[e] = GainAdd(e);
+      double loss = 0;
+      if (count_[e] >= 2) {
+        for (int r : Holders(e)) loss += RemoveTerm(e, r);
+      }
+      loss_remove_[e] = loss;
+    }
+    // Donor slots (their expert has a replica to spare), cheapest first: the free ones on the
+    // lightest ranks first, then the others by cost.
+    donors_.clear();
+    size_t free_donors = 0;
+    for (int r : order_) {
+      for (int t = 0; t < S_; ++t) {
+        const int y = slot_[r * S_ + t];
+        if (count_[y] < 2) continue;
+        const double cost = loss_remove_[y] - RemoveTerm(y, r);
+        donors_.push_back({cost, r * S_ + t});
+        if (cost <= 0) std::swap(donors_[free_donors++], donors_.back());
+      }
+    }
+    std::stable_sort(donors_.begin() + free_donors, donors_.end());
+    // Experts that would gain from one more replica; the kHot best first.
+    hot_.clear();
+    for (int e = 0; e < E_; ++e) {
+      if (gain_add_[e] > 0) hot_.push_back(e);
+    }
+    const size_t top = std::min(hot_.size(), static_cast<size_t>(kHot));
+    std::partial_sort(hot_.begin(), hot_.begin() + top, hot_.end(), [&](int a, int b) {
+      return gain_add_[a] > gain_add_[b] || (gain_add_[a] == gain_add_[b] && a < b);
+    });
+  }
+
+  // Keeps c if it removes more excess per slot changed than best. `estimate` may overstate what
+  // a re-replication removes (it ignores ranks holding both experts); the exact value decides.
+  void Consider(Step& best, Step& c, double estimate) const {
+    const int per = std::max(1, c.cost);
+    if (estimate / per <= best.value) return;
+    const double removed = c.kind == Step::kSwap ? estimate : ExactRemoved(c);
+    c.value = removed / per;
+    if (removed > 1e-12 * cap_ && c.value > best.value) best = c;
+  }
+  // Excess removed by a step that gives slot_a's replica to expert_a.
+  double ExactRemoved(const Step& c) const {
+    const int r0 = c.slot_a / S_;
+    const int gone = slot_[c.slot_a];
+    const int come = c.expert_a;
+    const double d_gone = w_[gone] / (count_[gone] - 1) - Piece(gone);
+    const double d_come = w_[come] / (count_[come] + 1) - Piece(come);
+    double removed = Exc(load_[r0]) - Exc(load_[r0] - Piece(gone) + w_[come] / (count_[come] + 1) +
+                                          (Holds(r0, come) ? d_come : 0.0));
+    for (int r : Holders(gone)) {
+      if (r == r0) continue;
+      const double d = d_gone + (Holds(r, come) ? d_come : 0.0);
+      removed += Exc(load_[r]) - Exc(load_[r] + d);
+    }
+    for (int r : Holders(come)) {
+      if (r == r0 || Holds(r, gone)) continue;
+      removed += Exc(load_[r]) - Exc(load_[r] + d_come);
+    }
+    return removed;
+  }
+
+  // steps_ = the best step per overloaded rank (swap or release) and per hot expert
+  // (replicate), best first; ties keep the order of collection.
+  void CollectSteps() {
+    steps_.clear();
+    const int partners = std::min(R_, std::max(4, kPairBudget / (S_ * S_)));
+    for (size_t k = 0; k < overloaded_.size() && k < kSources; ++k) {
+      const int h = overloaded_[k];
+      Step best;
+      const double lh = load_[h];
+      for (int s = 0; s < S_; ++s) {
+        const int hs = h * S_ + s;
+        const int x = slot_[hs];
+        const double px = Piece(x);
+        // Swap x with a lighter expert y of one of the lightest ranks j. It removes at most
+        // min(excess of h, room under the cap on j, px); partners come lightest first.
+        for (int pi = 0; pi < partners; ++pi) {
+          const int j = order_[pi];
+          const double lj = load_[j];
+          if (std::min({lh - cap_, cap_ - lj, px}) <= best.value) break;
+          if (j == h || Holds(j, x)) continue;
+          for (int t = 0; t < S_; ++t) {
+            const int jt = j * S_ + t;
+            const int y = slot_[jt];
+            const double py = Piece(y);
+            if (py >= px) continue;
+            const double removed = Exc(lh) - Exc(lh - px + py) - (Exc(lj + px - py) - Exc(lj));
+            if (removed <= best.value || Holds(h, y)) continue;
+            Step c{Step::kSwap, hs, y, jt, x};
+            c.cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
+            Consider(best, c, removed);
+          }
+        }
+        // Release: h's replica of x becomes a replica of a hot expert y.
+        if (count_[x] >= 2) {
+          const double lost = loss_remove_[x] - RemoveTerm(x, h);
+          int tried = 0;
+          for (int y : hot_) {
+            if (tried == kHot) break;
+            if (y == x || Holds(h, y)) continue;
+            ++tried;
+            const double py_new = w_[y] / (count_[y] + 1);
+            Step c{Step::kRelease, hs, y};
+            c.cost = Changed(h, y) - Changed(h, x);
+            Consider(best, c, gain_add_[y] - lost + Exc(lh) - Exc(lh - px + py_new));
+          }
+        }
+      }
+      if (best.kind != Step::kNone) steps_.push_back(best);
+    }
+    // Replicate: a donor slot (expert y with a spare replica) becomes a replica of a hot x.
+    for (int x : hot_) {
+      Step best;
+      const double px_new = w_[x] / (count_[x] + 1);
+      for (const auto& [donor_cost, jt] : donors_) {
+        // Donors are sorted by cost; the rest cannot beat the best step for x.
+        if (gain_add_[x] - donor_cost <= best.value) break;
+        const int j = jt / S_;
+        const int y = slot_[jt];
+        if (y == x || Holds(j, x)) continue;
+        const double lj = load_[j];
+        Step c{Step::kReplicate, jt, x};
+        c.cost = Changed(j, x) - Changed(j, y);
+        Consider(best, c, gain_add_[x] - donor_cost - (Exc(lj - Piece(y) + px_new) - Exc(lj)));
+      }
+      if (best.kind != Step::kNone) steps_.push_back(best);
+    }
+    std::stable_sort(steps_.begin(), steps_.end(),
+                     [](const Step& a, const Step& b) { return a.value > b.value; });
+  }
+
+  static constexpr int kPairBudget = 256;
+  static constexpr double kRoundFraction = 0.5;
+  static constexpr size_t kSources = 8;
+  static constexpr int kHot = 8;
+
+  double cap_ = 0;
+  std::vector<int> overloaded_;
+  std::vector<double> gain_add_, loss_remove_;
+  std::vector<std::pair<double, int>> donors_;  // (cost, slot), cheapest first
+  std::vector<int> hot_;                        // experts with gain_add_ > 0, kHot best first
+  std::vector<Step> steps_;
+  std::vector<int> touched_;  // round in which a rank's load last changed
 };
 
 // Replica counts: each extra slot to the expert with the largest load per replica (ties: lower
@@ -353,76 +574,82 @@ class Swift final : public Balancer {
 
   StatusOr<BalanceResult> Balance(const BalanceInput& input) const override {
     EPLB_RETURN_IF_ERROR(ValidateBalanceInput(input));
+    EPLB_RETURN_IF_ERROR(ValidateOptions());
     const Shape& shape = input.shape;
     const LoadMatrix& load = *input.load;
     const int slots = shape.slots();
-    std::vector<int> ids(static_cast<size_t>(shape.layers) * slots);
-    BalanceResult result;
-    LayerSearch search;
     const int max_steps = 8 * slots;
+    BalanceResult result;
+    std::vector<int> ids;
 
     if (input.current == nullptr) {
+      ids.resize(static_cast<size_t>(shape.layers) * slots);
+      PeakSearch search;
       for (int l = 0; l < shape.layers; ++l) {
         auto w = load.row(l);
-        auto counts = Replicate(w, slots, shape.ranks);
-        auto packed = Pack(w, counts, shape.ranks, shape.slots_per_rank);
+        auto packed = Pack(w, Replicate(w, slots, shape.ranks), shape.ranks, shape.slots_per_rank);
         search.Reset(w, packed, shape.ranks, shape.slots_per_rank, /*track_changes=*/false);
-        search.RefreshHot();
-        double b0 = search.Balancedness();
-        search.Improve(/*target=*/kScratchTarget, /*budget=*/-1, /*min_gain=*/1e-5,
-                       max_steps);
-        if (getenv("SWIFT_DEBUG")) fprintf(stderr, "layer %d pack %.4f -> %.4f steps %d\n", l, b0, search.Balancedness(), search.steps_);
+        search.Improve(kScratchTarget, kScratchMinGain, max_steps);
         std::copy(search.slots().begin(), search.slots().end(),
                   ids.begin() + static_cast<size_t>(l) * slots);
       }
-      result.placement = Placement(shape.layers, shape.ranks, shape.slots_per_rank,
-                                   shape.experts, std::move(ids));
-      return result;
+    } else {
+      const Placement& current = *input.current;
+      ids = current.phy2log();
+      std::vector<double> before(shape.layers);
+      for (int l = 0; l < shape.layers; ++l) before[l] = LayerBalancedness(load.row(l), current, l);
+      std::vector<int> order(shape.layers);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int a, int b) { return before[a] < before[b]; });
+      int64_t cycle_left = options_.max_changes_per_cycle;
+      ExcessSearch search;
+      for (int l : order) {
+        if (before[l] >= options_.skip_balancedness) {
+          result.skipped_layers.push_back(l);
+          continue;
+        }
+        int64_t budget = options_.max_changes_per_layer;
+        if (cycle_left >= 0) budget = budget < 0 ? cycle_left : std::min(budget, cycle_left);
+        search.Reset(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
+                     /*track_changes=*/true);
+        search.Improve(options_.target_balancedness,
+                       static_cast<int>(std::min<int64_t>(budget, slots)),
+                       options_.min_gain_per_change, max_steps);
+        if (search.changes() > 0 && search.Balancedness() > before[l]) {
+          std::copy(search.slots().begin(), search.slots().end(),
+                    ids.begin() + static_cast<size_t>(l) * slots);
+          if (cycle_left >= 0) cycle_left -= search.changes();
+        }
+      }
+      std::sort(result.skipped_layers.begin(), result.skipped_layers.end());
     }
-
-    // Incremental: worst layers first, so a per-cycle budget goes where it helps most.
-    const Placement& current = *input.current;
-    std::vector<double> before(shape.layers);
-    for (int l = 0; l < shape.layers; ++l) before[l] = LayerBalancedness(load.row(l), current, l);
-    std::vector<int> order(shape.layers);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int a, int b) { return before[a] < before[b]; });
-    int64_t cycle_left = options_.max_changes_per_cycle;
-    ids = current.phy2log();
-    for (int l : order) {
-      auto row = load.row(l);
-      if (before[l] >= options_.skip_balancedness) {
-        result.skipped_layers.push_back(l);
-        continue;
-      }
-      int budget = options_.max_changes_per_layer;
-      if (cycle_left >= 0) {
-        budget = budget < 0 ? static_cast<int>(std::min<int64_t>(cycle_left, 1 << 30))
-                            : static_cast<int>(std::min<int64_t>(budget, cycle_left));
-      }
-      search.Reset(row, current.layer(l), shape.ranks, shape.slots_per_rank,
-                   /*track_changes=*/true);
-      search.RefreshHot();
-      search.Improve(options_.target_balancedness, budget, options_.min_gain_per_change,
-                     max_steps);
-      if (getenv("SWIFT_DEBUG")) fprintf(stderr, "L%d %.4f->%.4f ch %d swap %d repl %d rel %d\n", l, before[l], search.Balancedness(), search.changes(), search.kinds_[1], search.kinds_[2], search.kinds_[3]);
-      // Keep the layer's result only if it is better.
-      if (search.changes() > 0 && search.Balancedness() > before[l]) {
-        std::copy(search.slots().begin(), search.slots().end(),
-                  ids.begin() + static_cast<size_t>(l) * slots);
-        if (cycle_left >= 0) cycle_left -= search.changes();
-      }
-    }
-    std::sort(result.skipped_layers.begin(), result.skipped_layers.end());
-    result.placement = Placement(shape.layers, shape.ranks, shape.slots_per_rank, shape.experts,
-                                 std::move(ids));
+    result.placement =
+        Placement(shape.layers, shape.ranks, shape.slots_per_rank, shape.experts, std::move(ids));
     return result;
   }
 
  private:
-  // From scratch, the local search stops at this balancedness.
+  Status ValidateOptions() const {
+    const AlgorithmOptions& o = options_;
+    if (!(o.target_balancedness > 0 && o.target_balancedness <= 1)) {
+      return Status::Invalid("swift: target_balancedness must be in (0, 1]");
+    }
+    if (!(o.skip_balancedness > 0 && o.skip_balancedness <= 1)) {
+      return Status::Invalid("swift: skip_balancedness must be in (0, 1]");
+    }
+    if (!(o.min_gain_per_change >= 0) || !std::isfinite(o.min_gain_per_change)) {
+      return Status::Invalid("swift: min_gain_per_change must be a finite number >= 0");
+    }
+    if (o.max_changes_per_layer < -1 || o.max_changes_per_cycle < -1) {
+      return Status::Invalid("swift: change caps must be >= 0, or -1 for no cap");
+    }
+    return Status::Ok();
+  }
+
+  // From scratch, nothing moves yet, so the search runs close to perfect balance.
   static constexpr double kScratchTarget = 0.997;
+  static constexpr double kScratchMinGain = 1e-4;
   AlgorithmOptions options_;
 };
 
