@@ -1,1 +1,237 @@
+// Tests of the swift balancer: validity, determinism and the promises of incremental mode
+// (never worse, caps respected, balanced layers untouched, no movement without need) on random
+// cases; quality and movement on the real DeepSeek-V3 statistics when they are present.
 #include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+
+#include "eplb/algorithm.h"
+#include "eplb/formats.h"
+#include "testing/random_cases.h"
+
+namespace eplb {
+namespace {
+
+StatusOr<BalanceResult> RunSwift(const LoadMatrix& load, const Shape& shape,
+                                 const Placement* current = nullptr,
+                                 AlgorithmOptions options = {}) {
+  auto balancer = MakeBalancer("swift", options);
+  EXPECT_TRUE(balancer.ok());
+  return (*balancer)->Balance({&load, shape, current});
+}
+
+TEST(SwiftTest, FromScratchIsValidAndDeterministic) {
+  for (uint64_t seed = 1; seed <= 300; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    const Shape shape = testing::RandomShape(rng);
+    const LoadMatrix load = testing::RandomLoad(rng, shape);
+    auto a = RunSwift(load, shape);
+    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_TRUE(ValidatePlacement(a->placement, shape).ok())
+        << ValidatePlacement(a->placement).message();
+    auto b = RunSwift(load, shape);
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ(a->placement, b->placement);
+  }
+}
+
+TEST(SwiftTest, IncrementalNeverMakesALayerWorseAndStaysValid) {
+  for (uint64_t seed = 1; seed <= 300; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    const Shape shape = testing::RandomShape(rng);
+    const LoadMatrix load = testing::RandomLoad(rng, shape);
+    const Placement current = testing::RandomPlacement(rng, shape);
+    auto r = RunSwift(load, shape, &current);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_TRUE(ValidatePlacement(r->placement, shape).ok())
+        << ValidatePlacement(r->placement).message();
+    for (int l = 0; l < shape.layers; ++l) {
+      const double before = LayerBalancedness(load.row(l), current, l);
+      const double after = LayerBalancedness(load.row(l), r->placement, l);
+      EXPECT_GE(after, before - 1e-12) << "layer " << l;
+      if (after == before) {
+        EXPECT_EQ(SlotsChangedInLayer(current, r->placement, l), 0) << "layer " << l;
+      }
+    }
+    auto again = RunSwift(load, shape, &current);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(r->placement, again->placement);
+  }
+}
+
+TEST(SwiftTest, IncrementalRespectsChangeCaps) {
+  for (uint64_t seed = 1; seed <= 200; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    const Shape shape = testing::RandomShape(rng, 6);
+    const LoadMatrix load = testing::RandomLoad(rng, shape);
+    const Placement current = testing::RandomPlacement(rng, shape);
+    AlgorithmOptions per_layer;
+    per_layer.target_balancedness = 1.0;
+    per_layer.max_changes_per_layer = static_cast<int>(seed % 4);
+    auto r = RunSwift(load, shape, &current, per_layer);
+    ASSERT_TRUE(r.ok());
+    for (int l = 0; l < shape.layers; ++l) {
+      EXPECT_LE(SlotsChangedInLayer(current, r->placement, l), per_layer.max_changes_per_layer);
+    }
+    AlgorithmOptions per_cycle;
+    per_cycle.target_balancedness = 1.0;
+    per_cycle.max_changes_per_cycle = static_cast<int64_t>(seed % 7);
+    auto c = RunSwift(load, shape, &current, per_cycle);
+    ASSERT_TRUE(c.ok());
+    EXPECT_LE(SlotsChanged(current, c->placement), per_cycle.max_changes_per_cycle);
+  }
+}
+
+TEST(SwiftTest, BalancedLayersAreLeftAlone) {
+  // Two ranks of two slots: layer 0 is perfectly balanced, layer 1 is not.
+  auto load = LoadMatrix::FromRows({{5, 5, 5, 5}, {9, 1, 1, 1}});
+  ASSERT_TRUE(load.ok());
+  const Shape shape{.layers = 2, .experts = 4, .ranks = 2, .slots_per_rank = 2};
+  const Placement current(2, 2, 2, 4, {0, 1, 2, 3, 0, 1, 2, 3});
+  auto r = RunSwift(*load, shape, &current);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->skipped_layers, std::vector<int>{0});
+  EXPECT_EQ(SlotsChangedInLayer(current, r->placement, 0), 0);
+  // Layer 1: rank 0 carries 9 + 1 whatever its partner, so no change can help and none is made.
+  EXPECT_EQ(SlotsChangedInLayer(current, r->placement, 1), 0);
+  EXPECT_GE(LayerBalancedness(load->row(1), r->placement, 1),
+            LayerBalancedness(load->row(1), current, 1));
+}
+
+TEST(SwiftTest, ShiftedHotExpertGetsAReplicaWithOneChange) {
+  // Four ranks of two slots, four experts plus four spare slots replicating expert 0, which has
+  // gone cold; expert 3 has become hot. One slot changing (a spare replica of 0 becomes one of 3)
+  // is enough to balance the layer, and swift must find it.
+  auto load = LoadMatrix::FromRows({{4, 10, 10, 30}});
+  ASSERT_TRUE(load.ok());
+  const Shape shape{.layers = 1, .experts = 4, .ranks = 4, .slots_per_rank = 2};
+  const Placement current(1, 4, 2, 4, {0, 1, 0, 2, 0, 3, 0, 1});
+  AlgorithmOptions options;
+  options.target_balancedness = 0.9;
+  auto r = RunSwift(*load, shape, &current, options);
+  ASSERT_TRUE(r.ok());
+  EXPECT_GT(LayerBalancedness(load->row(0), r->placement, 0),
+            LayerBalancedness(load->row(0), current, 0));
+  EXPECT_LE(SlotsChanged(current, r->placement), 2);
+}
+
+TEST(SwiftTest, ZeroLoadAndSingleRankShapesWork) {
+  LoadMatrix zero(2, 6);
+  const Shape shape{.layers = 2, .experts = 6, .ranks = 3, .slots_per_rank = 3};
+  auto a = RunSwift(zero, shape);
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(ValidatePlacement(a->placement, shape).ok());
+  auto b = RunSwift(zero, shape, &a->placement);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(SlotsChanged(a->placement, b->placement), 0);
+  auto load = LoadMatrix::FromRows({{3, 1, 4, 1}});
+  ASSERT_TRUE(load.ok());
+  const Shape one{.layers = 1, .experts = 4, .ranks = 1, .slots_per_rank = 4};
+  auto c = RunSwift(*load, one);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(ValidatePlacement(c->placement, one).ok());
+}
+
+TEST(SwiftTest, RejectsBadInputAndOptions) {
+  LoadMatrix load(2, 8);
+  const Shape shape{.layers = 2, .experts = 8, .ranks = 4, .slots_per_rank = 3};
+  LoadMatrix wrong(3, 8);
+  auto r = RunSwift(wrong, shape);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("load is 3 layers x 8 experts, shape expects 2 x 8"),
+            std::string::npos)
+      << r.status().message();
+  const Placement bad(2, 4, 3, 8, std::vector<int>(24, 0));
+  auto c = RunSwift(load, shape, &bad);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("current placement: layer 0, rank 0"), std::string::npos)
+      << c.status().message();
+  AlgorithmOptions options;
+  options.target_balancedness = 1.5;
+  auto o = RunSwift(load, shape, nullptr, options);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("target_balancedness"), std::string::npos);
+  auto unknown = MakeBalancer("nope");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().message(), "unknown algorithm 'nope'; known: deepseek, swift");
+}
+
+// ---- real DeepSeek-V3 statistics (skipped when absent) ----
+
+class SwiftRealDataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string dir = testing::DataDir();
+    if (dir.empty() || !std::filesystem::is_directory(dir + "/deepseek-v3")) {
+      GTEST_SKIP() << "expert-load data not found (set EPLB_DATA_DIR to the expert-load folder)";
+    }
+    dir_ = dir + "/deepseek-v3/";
+  }
+  LoadMatrix Load(const std::string& name) {
+    auto f = ReadLoadFile(dir_ + name + ".json");
+    EXPECT_TRUE(f.ok()) << f.status().ToString();
+    return f->moe;
+  }
+  std::string dir_;
+};
+
+const char* const kWorkloads[] = {
+    "prefill_in512",        "prefill_in1024",        "prefill_in2048",       "prefill_in4096",
+    "prefill_in500out1500", "prefill_in1000out1000", "prefill_in1800out100", "prefill_in2000out100",
+    "decode_in500out1500",  "decode_in1000out1000",  "decode_in1800out100",  "decode_in2000out100"};
+
+TEST_F(SwiftRealDataTest, FromScratchBeatsTheReference) {
+  auto deepseek = MakeBalancer("deepseek");
+  ASSERT_TRUE(deepseek.ok());
+  for (const char* name : kWorkloads) {
+    const LoadMatrix load = Load(name);
+    const Shape wide{.layers = 58, .experts = 256, .ranks = 64, .slots_per_rank = 5};
+    auto s = RunSwift(load, wide);
+    ASSERT_TRUE(s.ok());
+    const double swift_wide = MeanBalancedness(load, s->placement);
+    EXPECT_GE(swift_wide, 0.98) << name;
+    const Shape narrow{.layers = 58, .experts = 256, .ranks = 256, .slots_per_rank = 2};
+    auto n = RunSwift(load, narrow);
+    auto d = (*deepseek)->Balance({&load, narrow, nullptr});
+    ASSERT_TRUE(n.ok() && d.ok());
+    const double swift_narrow = MeanBalancedness(load, n->placement);
+    const double ref_narrow = MeanBalancedness(load, d->placement);
+    EXPECT_GE(swift_narrow, ref_narrow) << name;
+    std::printf("%-22s 64x5 swift %.4f | 256x2 swift %.4f deepseek %.4f\n", name, swift_wide,
+                swift_narrow, ref_narrow);
+  }
+}
+
+TEST_F(SwiftRealDataTest, RecoversFromAWorkloadShiftMovingFewExperts) {
+  const Shape shape{.layers = 58, .experts = 256, .ranks = 64, .slots_per_rank = 5};
+  const std::pair<const char*, const char*> shifts[] = {
+      {"decode_in500out1500", "decode_in2000out100"},
+      {"prefill_in512", "prefill_in4096"},
+      {"prefill_in4096", "decode_in1000out1000"},
+      {"decode_in2000out100", "prefill_in500out1500"}};
+  for (auto [from, to] : shifts) {
+    const LoadMatrix a = Load(from);
+    const LoadMatrix b = Load(to);
+    auto pa = RunSwift(a, shape);
+    ASSERT_TRUE(pa.ok());
+    auto pb = RunSwift(b, shape, &pa->placement);
+    ASSERT_TRUE(pb.ok());
+    const double stale = MeanBalancedness(b, pa->placement);
+    const double after = MeanBalancedness(b, pb->placement);
+    const double changed =
+        static_cast<double>(SlotsChanged(pa->placement, pb->placement)) / (58.0 * shape.slots());
+    std::printf("%s -> %s: stale %.4f, after %.4f, %.2f%% of slots changed\n", from, to, stale,
+                after, 100 * changed);
+    EXPECT_GE(after, 0.97) << from << " -> " << to;
+    EXPECT_LE(changed, 0.15) << from << " -> " << to;
+  }
+}
+
+}  // namespace
+}  // namespace eplb
