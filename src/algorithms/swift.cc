@@ -596,8 +596,21 @@ class Swift final : public Balancer {
     } else {
       const Placement& current = *input.current;
       ids = current.phy2log();
-      std::vector<double> before(shape.layers);
-      for (int l = 0; l < shape.layers; ++l) before[l] = LayerBalancedness(load.row(l), current, l);
+      // Per layer: balancedness now, and its need: the load above mean / target, in means.
+      std::vector<double> before(shape.layers), need(shape.layers);
+      double need_left = 0;
+      for (int l = 0; l < shape.layers; ++l) {
+        auto loads = RankLoads(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
+                               shape.experts);
+        const double mean = std::accumulate(loads.begin(), loads.end(), 0.0) / shape.ranks;
+        const double max = *std::max_element(loads.begin(), loads.end());
+        before[l] = max > 0 ? mean / max : 1.0;
+        for (double v : loads) need[l] += std::max(0.0, v - mean / options_.target_balancedness);
+        need[l] = mean > 0 ? need[l] / mean : 0;
+        if (before[l] < options_.skip_balancedness) need_left += need[l];
+      }
+      // Worst layers first; a per-cycle budget is shared in proportion to need, and what a layer
+      // leaves unused passes on to the layers after it.
       std::vector<int> order(shape.layers);
       std::iota(order.begin(), order.end(), 0);
       std::stable_sort(order.begin(), order.end(),
@@ -609,12 +622,17 @@ class Swift final : public Balancer {
           result.skipped_layers.push_back(l);
           continue;
         }
-        int64_t budget = options_.max_changes_per_layer;
-        if (cycle_left >= 0) budget = budget < 0 ? cycle_left : std::min(budget, cycle_left);
+        int64_t budget =
+            options_.max_changes_per_layer < 0 ? slots : options_.max_changes_per_layer;
+        if (cycle_left >= 0) {
+          const double share = need_left > 0 ? cycle_left * (need[l] / need_left) : cycle_left;
+          budget = std::min<int64_t>(budget, static_cast<int64_t>(std::ceil(share - 1e-9)));
+          budget = std::min(budget, cycle_left);
+          need_left -= need[l];
+        }
         search.Reset(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
                      /*track_changes=*/true);
-        search.Improve(options_.target_balancedness,
-                       static_cast<int>(std::min<int64_t>(budget, slots)),
+        search.Improve(options_.target_balancedness, static_cast<int>(budget),
                        options_.min_gain_per_change, max_steps);
         if (search.changes() > 0 && search.Balancedness() > before[l]) {
           std::copy(search.slots().begin(), search.slots().end(),

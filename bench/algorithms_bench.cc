@@ -1,0 +1,102 @@
+// Algorithm and planning speed at the DeepSeek-V3 shape (58 MoE layers x 256 experts), single
+// thread: a full-model rebalance is Balance() plus PlanTransfers(). Loads come from the real
+// statistics in EPLB_DATA_DIR (default ../shared/data/expert-load) when present; a benchmark
+// without its data is skipped with a message.
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "eplb/algorithm.h"
+#include "eplb/formats.h"
+#include "eplb/planner.h"
+
+namespace eplb {
+namespace {
+
+std::string DataFile(const std::string& name) {
+  const char* env = std::getenv("EPLB_DATA_DIR");
+  const std::string dir = env && *env ? env : "../shared/data/expert-load";
+  const std::string path = dir + "/deepseek-v3/" + name + ".json";
+  return std::filesystem::exists(path) ? path : "";
+}
+
+bool LoadOrSkip(benchmark::State& state, const std::string& name, LoadMatrix* out) {
+  const std::string path = DataFile(name);
+  if (path.empty()) {
+    state.SkipWithError(
+        ("no " + name + ".json: set EPLB_DATA_DIR to the expert-load folder").c_str());
+    return false;
+  }
+  auto f = ReadLoadFile(path);
+  if (!f.ok()) {
+    state.SkipWithError(f.status().ToString().c_str());
+    return false;
+  }
+  *out = f->moe;
+  return true;
+}
+
+Shape DeepSeekShape(int ranks, int slots_per_rank) {
+  return {.layers = 58, .experts = 256, .ranks = ranks, .slots_per_rank = slots_per_rank};
+}
+
+// Fresh placement of prefill_in4096 (algorithm + plan from the id-order placement).
+void BM_FromScratch(benchmark::State& state, const char* algorithm) {
+  LoadMatrix load;
+  if (!LoadOrSkip(state, "prefill_in4096", &load)) return;
+  const Shape shape =
+      DeepSeekShape(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+  auto balancer = std::move(*MakeBalancer(algorithm));
+  const Placement id_order = Placement::IdOrder(shape);
+  double balancedness = 0;
+  for (auto _ : state) {
+    auto r = balancer->Balance({&load, shape, nullptr});
+    auto plan = PlanTransfers(id_order, r->placement, shape);
+    benchmark::DoNotOptimize(plan);
+    balancedness = MeanBalancedness(load, r->placement);
+  }
+  state.counters["balancedness"] = balancedness;
+}
+
+// Re-plan after a workload shift: prefill_in512's placement, prefill_in4096's load.
+void BM_AfterShift(benchmark::State& state, const char* algorithm) {
+  LoadMatrix a, b;
+  if (!LoadOrSkip(state, "prefill_in512", &a) || !LoadOrSkip(state, "prefill_in4096", &b)) return;
+  const Shape shape =
+      DeepSeekShape(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+  auto swift = std::move(*MakeBalancer("swift"));
+  const Placement old = swift->Balance({&a, shape, nullptr})->placement;
+  auto balancer = std::move(*MakeBalancer(algorithm));
+  double balancedness = 0, changed = 0;
+  for (auto _ : state) {
+    auto r = balancer->Balance({&b, shape, &old});
+    auto plan = PlanTransfers(old, r->placement, shape);
+    benchmark::DoNotOptimize(plan);
+    balancedness = MeanBalancedness(b, plan->final_placement);
+    changed = static_cast<double>(plan->slots_changed) / (shape.layers * shape.slots());
+  }
+  state.counters["balancedness"] = balancedness;
+  state.counters["slots_changed"] = changed;
+}
+
+BENCHMARK_CAPTURE(BM_FromScratch, swift, "swift")
+    ->Args({64, 5})
+    ->Args({256, 2})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_FromScratch, deepseek, "deepseek")
+    ->Args({64, 5})
+    ->Args({256, 2})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_AfterShift, swift, "swift")
+    ->Args({64, 5})
+    ->Args({256, 2})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_AfterShift, deepseek, "deepseek")
+    ->Args({64, 5})
+    ->Args({256, 2})
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace eplb

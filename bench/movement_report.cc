@@ -1,0 +1,105 @@
+// Movement report: plan for workload A, then re-plan for workload B from A's placement, over all
+// ordered pairs of the 12 DeepSeek-V3 workloads at 64 ranks x 5 slots. Prints, as a Markdown
+// table, the balancedness reached on B and the share of slots changed: for the reference
+// (deepseek, recomputed from scratch), for swift at several targets, and for swift with a cap on
+// the slots changed per cycle (2.5%, 5%, 10%, 20%). Loads come from EPLB_DATA_DIR (default
+// ../shared/data/expert-load); exits 0 with a message when they are absent.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "eplb/algorithm.h"
+#include "eplb/formats.h"
+
+using namespace eplb;
+
+int main() {
+  const char* env = std::getenv("EPLB_DATA_DIR");
+  const std::string dir =
+      std::string(env && *env ? env : "../shared/data/expert-load") + "/deepseek-v3/";
+  const std::vector<std::string> names = {
+      "prefill_in512",        "prefill_in1024",       "prefill_in2048",
+      "prefill_in4096",       "prefill_in500out1500", "prefill_in1000out1000",
+      "prefill_in1800out100", "prefill_in2000out100", "decode_in500out1500",
+      "decode_in1000out1000", "decode_in1800out100",  "decode_in2000out100"};
+  if (!std::filesystem::is_directory(dir)) {
+    fmt::print("skipped: {} not found (set EPLB_DATA_DIR to the expert-load folder)\n", dir);
+    return 0;
+  }
+  std::vector<LoadMatrix> loads;
+  for (const auto& n : names) {
+    auto f = ReadLoadFile(dir + n + ".json");
+    if (!f.ok()) {
+      fmt::print(stderr, "{}\n", f.status().ToString());
+      return 1;
+    }
+    loads.push_back(f->moe);
+  }
+  const Shape shape{.layers = 58, .experts = 256, .ranks = 64, .slots_per_rank = 5};
+  const double total_slots = static_cast<double>(shape.layers) * shape.slots();
+  auto swift = std::move(*MakeBalancer("swift"));
+  std::vector<Placement> fresh;
+  for (const auto& l : loads) fresh.push_back(swift->Balance({&l, shape, nullptr})->placement);
+
+  struct Row {
+    std::string label;
+    std::string algorithm;
+    AlgorithmOptions options;
+  };
+  std::vector<Row> rows;
+  rows.push_back({"deepseek (recompute)", "deepseek", {}});
+  for (double target : {0.97, 0.98, 0.99}) {
+    AlgorithmOptions o;
+    o.target_balancedness = target;
+    rows.push_back({fmt::format("swift, target {:.2f}", target), "swift", o});
+  }
+  for (double cap : {0.025, 0.05, 0.10, 0.20}) {
+    AlgorithmOptions o;
+    o.target_balancedness = 0.99;
+    o.max_changes_per_cycle = static_cast<int64_t>(cap * total_slots);
+    rows.push_back(
+        {fmt::format("swift, target 0.99, cap {:.1f}% of slots", 100 * cap), "swift", o});
+  }
+
+  fmt::print(
+      "| plan | balancedness on B (mean / min) | slots changed (mean / max) | ms per call |\n");
+  fmt::print("|---|---|---|---|\n");
+  double stale_sum = 0;
+  int pairs = 0;
+  for (size_t a = 0; a < names.size(); ++a)
+    for (size_t b = 0; b < names.size(); ++b)
+      if (a != b) {
+        stale_sum += MeanBalancedness(loads[b], fresh[a]);
+        ++pairs;
+      }
+  fmt::print("| stale A placement on B | {:.4f} | 0% | - |\n", stale_sum / pairs);
+  for (const Row& row : rows) {
+    auto balancer = std::move(*MakeBalancer(row.algorithm, row.options));
+    double sum = 0, min = 1, changed_sum = 0, changed_max = 0, ms = 0;
+    for (size_t a = 0; a < names.size(); ++a) {
+      for (size_t b = 0; b < names.size(); ++b) {
+        if (a == b) continue;
+        const auto t0 = std::chrono::steady_clock::now();
+        auto r = balancer->Balance({&loads[b], shape, &fresh[a]});
+        ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                  .count();
+        const double bal = MeanBalancedness(loads[b], r->placement);
+        const double changed = SlotsChanged(fresh[a], r->placement) / total_slots;
+        sum += bal;
+        min = std::min(min, bal);
+        changed_sum += changed;
+        changed_max = std::max(changed_max, changed);
+      }
+    }
+    fmt::print("| {} | {:.4f} / {:.4f} | {:.1f}% / {:.1f}% | {:.1f} |\n", row.label, sum / pairs,
+               min, 100 * changed_sum / pairs, 100 * changed_max, ms / pairs);
+  }
+  fmt::print(
+      "\n{} ordered pairs of DeepSeek-V3 workloads, 58 layers x 256 experts, 64 ranks x 5 slots.\n",
+      pairs);
+  return 0;
+}
