@@ -232,8 +232,9 @@ class PeakSearch : public LayerState {
       }
       // Replicate: a spare replica (expert y, count >= 2) on a light rank j becomes a replica
       // of x, splitting x's load once more on every rank that holds it, h included.
-      if (count_[x] < R_) {
-        const double dx = px - w_[x] / (count_[x] + 1);
+      // It lowers h by at most dx, x's saving per replica.
+      const double dx = count_[x] < R_ ? px - w_[x] / (count_[x] + 1) : 0.0;
+      if (dx > best.value) {
         for (int pi = 0; pi < partners; ++pi) {
           const int j = order_[pi];
           if (j == h || Holds(j, x)) continue;
@@ -243,6 +244,7 @@ class PeakSearch : public LayerState {
             if (count_[y] < 2) continue;
             const double dy = w_[y] / (count_[y] - 1) - Piece(y);  // y's other holders carry more
             double peak = std::max(load_[j] - Piece(y) + px - dx, lh - dx + (Holds(h, y) ? dy : 0));
+            if (lh - peak <= best.value) continue;
             const double other = MaxHolderExcept(y, j, h);
             if (other >= 0) peak = std::max(peak, other + dy);
             Consider(best, {Step::kReplicate, jt, x}, lh, peak);
@@ -275,7 +277,7 @@ class PeakSearch : public LayerState {
     hot_.resize(k);
   }
 
-  static constexpr int kPairBudget = 512;
+  static constexpr int kPairBudget = 128;
   static constexpr int kHot = 8;
   std::vector<int> hot_;
 };
