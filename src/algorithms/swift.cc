@@ -385,16 +385,18 @@ class ExcessSearch : public LayerState {
         if (cost <= 0) std::swap(donors_[free_donors++], donors_.back());
       }
     }
-    std::stable_sort(donors_.begin() + free_donors, donors_.end());
-    // Experts that would gain from one more replica; the kHot best first.
+    std::sort(donors_.begin() + free_donors, donors_.end());  // (cost, slot) pairs are unique
+    // Experts that would gain from one more replica, best first.
     hot_.clear();
     for (int e = 0; e < E_; ++e) {
       if (gain_add_[e] > 0) hot_.push_back(e);
     }
+    // Only the best kHot can matter to a round: the others are cut by the round's threshold.
     const size_t top = std::min(hot_.size(), static_cast<size_t>(kHot));
     std::partial_sort(hot_.begin(), hot_.begin() + top, hot_.end(), [&](int a, int b) {
       return gain_add_[a] > gain_add_[b] || (gain_add_[a] == gain_add_[b] && a < b);
     });
+    hot_.resize(top);
   }
 
   // Keeps c if it removes more excess per slot changed than best. `estimate` may overstate what
@@ -477,7 +479,12 @@ class ExcessSearch : public LayerState {
       if (best.kind != Step::kNone) steps_.push_back(best);
     }
     // Replicate: a donor slot (expert y with a spare replica) becomes a replica of a hot x.
+    // Such a step removes at most gain_add_[x], and hot_ is sorted by it: once that is below
+    // what this round applies, no later x can contribute.
+    double round_best = 0;
+    for (const Step& c : steps_) round_best = std::max(round_best, c.value);
     for (int x : hot_) {
+      if (gain_add_[x] < kRoundFraction * round_best) break;
       Step best;
       const double px_new = w_[x] / (count_[x] + 1);
       for (const auto& [donor_cost, jt] : donors_) {
@@ -491,7 +498,10 @@ class ExcessSearch : public LayerState {
         c.cost = Changed(j, x) - Changed(j, y);
         Consider(best, c, gain_add_[x] - donor_cost - (Exc(lj - Piece(y) + px_new) - Exc(lj)));
       }
-      if (best.kind != Step::kNone) steps_.push_back(best);
+      if (best.kind != Step::kNone) {
+        steps_.push_back(best);
+        round_best = std::max(round_best, best.value);
+      }
     }
     std::stable_sort(steps_.begin(), steps_.end(),
                      [](const Step& a, const Step& b) { return a.value > b.value; });
@@ -500,13 +510,13 @@ class ExcessSearch : public LayerState {
   static constexpr int kPairBudget = 256;
   static constexpr double kRoundFraction = 0.5;
   static constexpr size_t kSources = 8;
-  static constexpr int kHot = 8;
+  static constexpr int kHot = 16;
 
   double cap_ = 0;
   std::vector<int> overloaded_;
   std::vector<double> gain_add_, loss_remove_;
   std::vector<std::pair<double, int>> donors_;  // (cost, slot), cheapest first
-  std::vector<int> hot_;                        // experts with gain_add_ > 0, kHot best first
+  std::vector<int> hot_;                        // the kHot experts with most gain_add_ > 0
   std::vector<Step> steps_;
   std::vector<int> touched_;  // round in which a rank's load last changed
 };
