@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# What `make run` runs on the embedded default workload (a generator with the skew of real
+# DeepSeek-V3 traffic; 58 MoE layers x 256 experts on 64 ranks x 5 slots):
+#   1. plan a fresh placement with swift and record it as an expert map;
+#   2. shift the workload (a new set of hot experts) and re-plan from the recorded placement,
+#      showing how few experts swift moves, then what a full recomputation (deepseek) moves.
+set -euo pipefail
+build=${1:-build}
+eplb="$build/eplb"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+shape=(--ranks 64 --slots-per-rank 5)
+
+echo "== 1. fresh placement for the default workload"
+"$eplb" plan --generate "${shape[@]}" --out "$out/placement.json" --report "$out/fresh.json"
+echo
+echo "== 2. the workload shifts: swift re-plans from the placement in use"
+"$eplb" plan --generate --shift 1 --current "$out/placement.json" "${shape[@]}" \
+  --report "$out/shift.json"
+echo
+echo "== 3. the same shift, recomputed from scratch by the reference algorithm"
+"$eplb" plan --generate --shift 1 --current "$out/placement.json" "${shape[@]}" \
+  --algorithm deepseek
