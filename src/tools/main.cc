@@ -1,23 +1,33 @@
 // eplb: the SwiftBalancer command line.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <CLI/CLI.hpp>
-#include <map>
+#include <algorithm>
+#include <string>
+#include <vector>
 
 #include "tools/commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"SwiftBalancer: expert-parallel load balancing for MoE inference", "eplb"};
   app.require_subcommand(1);
-  std::map<CLI::App*, eplb::tools::Action> actions;
+  std::vector<std::pair<CLI::App*, eplb::tools::Action>> actions;  // in registration order
   auto add = [&](const char* name, const char* help, auto adder) {
     CLI::App* sub = app.add_subcommand(name, help);
-    actions[sub] = adder(*sub);
+    actions.emplace_back(sub, adder(*sub));
   };
   add("plan", "compute a placement for a load and plan the transfers to it", eplb::tools::AddPlan);
   add("validate", "check an expert-map file", eplb::tools::AddValidate);
   add("convert", "convert an expert map between layouts", eplb::tools::AddConvert);
   add("stats", "per-layer balancedness of a load on a placement", eplb::tools::AddStats);
+  std::vector<std::string> names;
+  for (const auto& [sub, action] : actions) names.push_back(sub->get_name());
+  if (argc > 1 && argv[1][0] != '-' &&
+      std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+    fmt::print(stderr, "eplb: unknown command '{}'; known: {}\n", argv[1], fmt::join(names, ", "));
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
