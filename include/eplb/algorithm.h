@@ -37,9 +37,9 @@ struct AlgorithmOptions {
 };
 
 struct BalanceInput {
-  const LoadMatrix* load = nullptr;        // shape.layers x shape.experts
+  const LoadMatrix* load = nullptr;  // shape.layers x shape.experts
   Shape shape;
-  const Placement* current = nullptr;      // optional: the placement in use
+  const Placement* current = nullptr;  // optional: the placement in use
 };
 
 struct BalanceResult {

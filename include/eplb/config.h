@@ -14,18 +14,18 @@ namespace eplb {
 
 struct RuntimeConfig {
   // vllm-ascend keys.
-  bool dynamic_eplb = false;                 // rebalance while serving
+  bool dynamic_eplb = false;                  // rebalance while serving
   int expert_heat_collection_interval = 400;  // steps per load window (> 0)
-  int algorithm_execution_interval = 30;      // steps the worker may take before its plan applies (> 0)
-  int num_redundant_experts = 0;              // K >= 0; (E + K) % ranks == 0
-  std::string expert_map_path;                // initial placement (static mode), "" for none
-  std::string expert_map_record_path;         // where the placement in use is recorded, "" for none
+  int algorithm_execution_interval = 30;  // steps the worker may take before its plan applies (> 0)
+  int num_redundant_experts = 0;          // K >= 0; (E + K) % ranks == 0
+  std::string expert_map_path;            // initial placement (static mode), "" for none
+  std::string expert_map_record_path;     // where the placement in use is recorded, "" for none
   // SwiftBalancer keys.
-  std::string algorithm = "swift";            // a name from BalancerNames()
-  int max_layers_in_flight = 4;               // layers whose weights move at once (> 0)
-  double imbalance_threshold = 0.99;          // layers at least this balanced are left alone (0, 1]
-  int transfer_timeout_ms = 10000;            // a layer's transfers past this roll back (> 0)
-  AlgorithmOptions algorithm_options;         // derived: skip_balancedness = imbalance_threshold
+  std::string algorithm = "swift";     // a name from BalancerNames()
+  int max_layers_in_flight = 4;        // layers whose weights move at once (> 0)
+  double imbalance_threshold = 0.99;   // layers at least this balanced are left alone (0, 1]
+  int transfer_timeout_ms = 10000;     // a layer's transfers past this roll back (> 0)
+  AlgorithmOptions algorithm_options;  // derived: skip_balancedness = imbalance_threshold
 };
 
 // Parses a JSON object (text). `origin` names the source in messages (a path or "inline").

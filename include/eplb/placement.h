@@ -37,8 +37,8 @@ struct Shape {
 class LoadMatrix {
  public:
   LoadMatrix() = default;
-  LoadMatrix(int layers, int experts) : layers_(layers), experts_(experts),
-                                        values_(static_cast<size_t>(layers) * experts, 0.0) {}
+  LoadMatrix(int layers, int experts)
+      : layers_(layers), experts_(experts), values_(static_cast<size_t>(layers) * experts, 0.0) {}
   // Builds from rows; fails on ragged rows, negative or non-finite values.
   static StatusOr<LoadMatrix> FromRows(const std::vector<std::vector<double>>& rows);
 
@@ -50,8 +50,12 @@ class LoadMatrix {
   std::span<double> row(int layer) {
     return {values_.data() + static_cast<size_t>(layer) * experts_, static_cast<size_t>(experts_)};
   }
-  double at(int layer, int expert) const { return values_[static_cast<size_t>(layer) * experts_ + expert]; }
-  double& at(int layer, int expert) { return values_[static_cast<size_t>(layer) * experts_ + expert]; }
+  double at(int layer, int expert) const {
+    return values_[static_cast<size_t>(layer) * experts_ + expert];
+  }
+  double& at(int layer, int expert) {
+    return values_[static_cast<size_t>(layer) * experts_ + expert];
+  }
   const std::vector<double>& values() const { return values_; }
 
   // Indices of rows whose sum is zero (dense layers in SGLang's statistics).
@@ -119,7 +123,8 @@ struct RoutingTable {
   std::vector<int> slots;    // physical slot ids
 
   std::span<const int> replicas(int expert) const {
-    return {slots.data() + offsets[expert], static_cast<size_t>(offsets[expert + 1] - offsets[expert])};
+    return {slots.data() + offsets[expert],
+            static_cast<size_t>(offsets[expert + 1] - offsets[expert])};
   }
   static RoutingTable FromPlacement(const Placement& p, int layer);
 };
@@ -130,8 +135,8 @@ std::vector<int> ExpertMap(const Placement& p, int layer, int rank);
 // ---- metrics ----
 
 // Load per rank for one layer; an expert's load is split evenly over its replicas.
-std::vector<double> RankLoads(std::span<const double> load, std::span<const int> phy2log,
-                              int ranks, int slots_per_rank, int experts);
+std::vector<double> RankLoads(std::span<const double> load, std::span<const int> phy2log, int ranks,
+                              int slots_per_rank, int experts);
 // mean rank load / max rank load for one layer (1.0 when the layer carries no load).
 double LayerBalancedness(std::span<const double> load, const Placement& p, int layer);
 // Per-layer balancedness; load has p.layers() rows.

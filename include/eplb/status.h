@@ -12,9 +12,9 @@ namespace eplb {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,   // bad user input: a value, a shape, a key, a file's contents
-  kNotFound,          // a missing file, key or name
-  kIoError,           // a file that cannot be read or written
+  kInvalidArgument,  // bad user input: a value, a shape, a key, a file's contents
+  kNotFound,         // a missing file, key or name
+  kIoError,          // a file that cannot be read or written
   kFailedPrecondition,
   kDeadlineExceeded,  // a wait that timed out
   kAborted,           // a cycle abandoned (plan mismatch, peer failure)
@@ -81,9 +81,9 @@ class [[nodiscard]] StatusOr {
 }  // namespace eplb
 
 // Returns early with the status of `expr` when it is not ok.
-#define EPLB_RETURN_IF_ERROR(expr)          \
-  do {                                      \
-    ::eplb::Status eplb_status_ = (expr);   \
+#define EPLB_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::eplb::Status eplb_status_ = (expr);        \
     if (!eplb_status_.ok()) return eplb_status_; \
   } while (0)
 

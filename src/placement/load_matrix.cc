@@ -1,6 +1,6 @@
-#include <cmath>
-
 #include <fmt/format.h>
+
+#include <cmath>
 
 #include "eplb/placement.h"
 
@@ -13,8 +13,8 @@ StatusOr<LoadMatrix> LoadMatrix::FromRows(const std::vector<std::vector<double>>
   LoadMatrix m(static_cast<int>(rows.size()), static_cast<int>(experts));
   for (size_t l = 0; l < rows.size(); ++l) {
     if (rows[l].size() != experts) {
-      return Status::Invalid(fmt::format("load row {} has {} values, row 0 has {}", l,
-                                         rows[l].size(), experts));
+      return Status::Invalid(
+          fmt::format("load row {} has {} values, row 0 has {}", l, rows[l].size(), experts));
     }
     for (size_t e = 0; e < experts; ++e) {
       const double v = rows[l][e];

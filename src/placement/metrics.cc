@@ -6,8 +6,8 @@
 
 namespace eplb {
 
-std::vector<double> RankLoads(std::span<const double> load, std::span<const int> phy2log,
-                              int ranks, int slots_per_rank, int experts) {
+std::vector<double> RankLoads(std::span<const double> load, std::span<const int> phy2log, int ranks,
+                              int slots_per_rank, int experts) {
   std::vector<int> count(experts, 0);
   for (int id : phy2log) ++count[id];
   std::vector<double> out(ranks, 0.0);

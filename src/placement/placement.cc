@@ -14,7 +14,8 @@ Placement::Placement(int layers, int ranks, int slots_per_rank, int experts,
 
 Placement Placement::IdOrder(const Shape& shape) {
   std::vector<int> ids(static_cast<size_t>(shape.layers) * shape.slots());
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int>(i % shape.slots()) % shape.experts;
+  for (size_t i = 0; i < ids.size(); ++i)
+    ids[i] = static_cast<int>(i % shape.slots()) % shape.experts;
   return Placement(shape.layers, shape.ranks, shape.slots_per_rank, shape.experts, std::move(ids));
 }
 

@@ -12,9 +12,9 @@ Status Shape::Validate() const {
     return Status::Invalid(fmt::format("slots per rank must be > 0, got {}", slots_per_rank));
   }
   if (static_cast<int64_t>(ranks) * slots_per_rank < experts) {
-    return Status::Invalid(fmt::format(
-        "ranks x slots per rank = {} x {} = {} is fewer than the {} logical experts", ranks,
-        slots_per_rank, static_cast<int64_t>(ranks) * slots_per_rank, experts));
+    return Status::Invalid(
+        fmt::format("ranks x slots per rank = {} x {} = {} is fewer than the {} logical experts",
+                    ranks, slots_per_rank, static_cast<int64_t>(ranks) * slots_per_rank, experts));
   }
   if (slots_per_rank > experts) {
     return Status::Invalid(fmt::format(

@@ -34,8 +34,8 @@ LoadMatrix RandomLoad(std::mt19937_64& rng, const Shape& shape) {
   for (int l = 0; l < shape.layers; ++l) {
     for (int e = 0; e < shape.experts; ++e) {
       double v = std::floor(100.0 * logn(rng));
-      if (u(rng) < 0.05) v *= 8;   // hot expert
-      if (u(rng) < 0.05) v = 0;    // idle expert
+      if (u(rng) < 0.05) v *= 8;  // hot expert
+      if (u(rng) < 0.05) v = 0;   // idle expert
       m.at(l, e) = v;
     }
   }
@@ -65,7 +65,8 @@ Placement RandomPlacement(std::mt19937_64& rng, const Shape& shape) {
         for (int t = 0; t < S; ++t) present |= layer[r * S + t] == e;
         if (!present) candidates.push_back(e);
       }
-      layer[slot] = candidates[std::uniform_int_distribution<size_t>(0, candidates.size() - 1)(rng)];
+      layer[slot] =
+          candidates[std::uniform_int_distribution<size_t>(0, candidates.size() - 1)(rng)];
     }
     std::copy(layer.begin(), layer.end(), ids.begin() + static_cast<size_t>(l) * shape.slots());
   }
