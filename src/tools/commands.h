@@ -17,6 +17,7 @@ Action AddPlan(CLI::App& app);
 Action AddValidate(CLI::App& app);
 Action AddConvert(CLI::App& app);
 Action AddStats(CLI::App& app);
+Action AddCheckConfig(CLI::App& app);
 
 // Prints "eplb <command>: <message>" on stderr and returns 1.
 int Fail(const std::string& command, const Status& status);

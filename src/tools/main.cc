@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   add("validate", "check an expert-map file", eplb::tools::AddValidate);
   add("convert", "convert an expert map between layouts", eplb::tools::AddConvert);
   add("stats", "per-layer balancedness of a load on a placement", eplb::tools::AddStats);
+  add("check-config", "check a runtime configuration (eplb_config)", eplb::tools::AddCheckConfig);
   std::vector<std::string> names;
   for (const auto& [sub, action] : actions) names.push_back(sub->get_name());
   if (argc > 1 && argv[1][0] != '-' &&

@@ -105,6 +105,14 @@ TEST_F(CliTest, PlanWritesMapAndReportWithEveryKey) {
   EXPECT_NE(stats.out.find("mean balancedness"), std::string::npos);
 }
 
+TEST_F(CliTest, CheckConfigPrintsTheResolvedConfiguration) {
+  const Result r = Eplb(
+      "check-config '{\"eplb_config\": {\"num_redundant_experts\": 4}}' --experts 8 --ranks 4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("\"algorithm\": \"swift\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("3 slots per rank"), std::string::npos) << r.out;
+}
+
 TEST_F(CliTest, PlanOnTheGeneratorWithDeepSeekReportsRepairs) {
   const Result r = Eplb(
       "plan --generate --layers 4 --ranks 16 --slots-per-rank 20 --algorithm "
@@ -151,6 +159,10 @@ TEST_F(CliTest, BadInputsFailCleanly) {
   ExpectError("stats --load " + Path("missing.json") + " --ranks 4 --slots-per-rank 3",
               "missing.json", Path("none"));
   ExpectError("plan --ranks 4", "--slots-per-rank", Path("none"));
+  ExpectError("check-config '{\"dynamic_eplb\": 1}'", "eplb_config.dynamic_eplb", Path("none"));
+  ExpectError("check-config " + Path("missing.json"), "missing.json", Path("none"));
+  ExpectError("check-config '{\"num_redundant_experts\": 3}' --experts 8 --ranks 4",
+              "num_redundant_experts", Path("none"));
   ExpectError("frobnicate", "frobnicate", Path("none"));
 }
 
