@@ -107,8 +107,9 @@ struct Controller::Impl {
   int64_t window_start = 0;
   Phase phase = Phase::kIdle;
   uint64_t cycle = 0;
-  int64_t deadline = 0;  // gather: wait step; planning: hash-exchange step
-  Request request;       // the one collective in flight
+  int64_t deadline = 0;     // gather: wait step; planning: hash-exchange step
+  int64_t gather_step = 0;  // step at which the cycle's loads were gathered
+  Request request;          // the one collective in flight
   std::vector<int64_t> gather_send, gather_recv;
   uint64_t hash_send = 0;
   std::vector<uint64_t> hash_recv;
@@ -231,7 +232,7 @@ struct Controller::Impl {
       phase = Phase::kIdle;  // static mode: the worker records its proposal, nothing moves
       return Status::Ok();
     }
-    gather_step_ = step;
+    gather_step = step;
     deadline = step + cfg.algorithm_execution_interval;
     phase = Phase::kPlanning;
     return Status::Ok();
@@ -256,7 +257,7 @@ struct Controller::Impl {
     if (!all_ready) {
       // Some worker is late: every rank sees the same gathered hashes, so every rank retries at
       // the same step.
-      if (deadline - gather_step_ <= cfg.algorithm_execution_interval + 1) {  // once per cycle
+      if (deadline - gather_step <= cfg.algorithm_execution_interval + 1) {  // once per cycle
         spdlog::warn(
             "eplb rank {}: cycle {}: some rank's plan is not ready after {} steps; the cycle "
             "waits for it (the engine keeps running on the placement in use)",
