@@ -75,8 +75,9 @@ class FakeEngine {
         const int hot = (e * 7 + phase * 5 + l) % experts;
         const double popularity = hot < 2 ? 40.0 : hot < 5 ? 12.0 : 3.0;
         const int replicas = static_cast<int>(snap->log2phy.replicas(e).size());
-        std::poisson_distribution<int> tokens(popularity / replicas);
-        counts_[s] = tokens(rng);
+        // Noisy counts (not std::poisson_distribution: it calls lgamma, which writes a global).
+        const double noise = 0.5 + static_cast<double>(rng() >> 11) * (1.0 / 9007199254740992.0);
+        counts_[s] = static_cast<int64_t>(popularity / replicas * noise * 4);
       }
       ctl_->RecordLoad(l, std::span<const int64_t>(counts_.data(), slots_));
     }
