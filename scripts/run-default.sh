@@ -7,6 +7,10 @@
 set -euo pipefail
 build=${1:-build}
 eplb="$build/eplb"
+if [[ ! -x "$eplb" ]]; then
+  echo "run-default.sh: $eplb not found; build first (make build, or cmake --build $build)" >&2
+  exit 1
+fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 shape=(--ranks 64 --slots-per-rank 5)

@@ -21,7 +21,8 @@ struct GeneratorOptions {
 };
 
 // Integer token counts, identical on every platform for the same options (the generator uses
-// std::mt19937_64 and its own distributions).
+// std::mt19937_64 and its own distributions). Each row sums to top_k * tokens exactly. With
+// layers or experts < 1 the matrix is empty (0 x 0); with top_k * tokens < 1 it is all zero.
 LoadMatrix GenerateLoad(const GeneratorOptions& options);
 
 }  // namespace eplb

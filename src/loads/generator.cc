@@ -1,3 +1,4 @@
+// The embedded default workload generator (see eplb/loads.h).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -26,8 +27,10 @@ constexpr double kShiftShare = 0.1;
 }  // namespace
 
 LoadMatrix GenerateLoad(const GeneratorOptions& o) {
-  LoadMatrix m(o.layers, o.experts);
   const int64_t total = static_cast<int64_t>(o.top_k) * o.tokens;
+  if (o.layers <= 0 || o.experts <= 0) return LoadMatrix();
+  LoadMatrix m(o.layers, o.experts);
+  if (total <= 0) return m;
   std::vector<double> weight(o.experts);
   std::vector<int64_t> count(o.experts);
   std::vector<std::pair<double, int>> remainder(o.experts);

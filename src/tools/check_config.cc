@@ -16,8 +16,14 @@ Action AddCheckConfig(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("config", a->config, "configuration file, or inline JSON starting with '{'")
       ->required();
-  app.add_option("--experts", a->experts, "logical experts of the model (with --ranks)");
-  app.add_option("--ranks", a->ranks, "ranks of the deployment (with --experts)");
+  CLI::Option* experts =
+      app.add_option("--experts", a->experts, "logical experts of the model (with --ranks)")
+          ->check(CLI::Range(1, 1 << 20));
+  CLI::Option* ranks =
+      app.add_option("--ranks", a->ranks, "ranks of the deployment (with --experts)")
+          ->check(CLI::Range(1, 1 << 20));
+  experts->needs(ranks);
+  ranks->needs(experts);
   return [a] {
     auto config = LoadRuntimeConfig(a->config);
     if (!config.ok()) return Fail("check-config", config.status());

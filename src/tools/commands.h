@@ -1,12 +1,17 @@
-// The subcommands of the `eplb` command line. Each Add* registers its options on `app` and returns
-// the action that runs it; an action returns the exit status (0 ok, 1 error) and prints errors as
-// one line on stderr.
+// The subcommands of the `eplb` command line, and what they share. Each Add* registers its options
+// on `app` and returns the action that runs it; an action returns the exit status (0 ok, 1 error)
+// and prints errors as one line on stderr. Actions write their output files only after everything
+// else succeeded, through WriteOutputs.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "eplb/loads.h"
+#include "eplb/placement.h"
 #include "eplb/status.h"
 
 namespace eplb::tools {
@@ -21,5 +26,35 @@ Action AddCheckConfig(CLI::App& app);
 
 // Prints "eplb <command>: <message>" on stderr and returns 1.
 int Fail(const std::string& command, const Status& status);
+
+// Where a load comes from: a statistics file, or the embedded generator.
+struct LoadArgs {
+  std::string path;
+  bool generate = false;
+  GeneratorOptions gen;
+};
+// Registers --load FILE, --generate and the generator's options (--seed, --layers, --experts,
+// --top-k, --tokens, --skew, --shift), which CLI11 refuses together with --load.
+void AddLoadOptions(CLI::App& app, LoadArgs& args);
+
+// A load ready for balancing: the MoE rows only; all-zero (dense) rows are left out and listed.
+struct LoadInput {
+  LoadMatrix moe;
+  std::vector<int> moe_rows;    // row index in the file of each row of `moe`
+  std::vector<int> dense_rows;  // row indices in the file left out
+  std::string source;           // the file's path, or "generated (seed N, ...)"
+};
+// Reads the file or runs the generator; exactly one of the two must be asked for.
+StatusOr<LoadInput> ReadLoad(const LoadArgs& args);
+
+// Writes each (path, contents) atomically, in order. When one write fails, the files already
+// written by this call are put back as they were (removed, or rewritten with their old contents),
+// so a failed command leaves no partial output. Two entries may not name the same path.
+Status WriteOutputs(const std::vector<std::pair<std::string, std::string>>& files);
+
+// "none", or the ids joined by ", ".
+std::string JoinIds(const std::vector<int>& ids);
+// Bytes in MiB or GiB, e.g. "42.0 MiB", "746.9 GiB".
+std::string FormatBytes(int64_t bytes);
 
 }  // namespace eplb::tools

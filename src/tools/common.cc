@@ -1,12 +1,122 @@
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include "eplb/formats.h"
 #include "tools/commands.h"
 
 namespace eplb::tools {
 
 int Fail(const std::string& command, const Status& status) {
-  fmt::print(stderr, "eplb {}: {}\n", command, status.message());
+  std::string message = status.message();
+  // One line, always: a message from a parser may quote text with line breaks in it.
+  for (char& c : message) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  fmt::print(stderr, "eplb {}: {}\n", command, message);
   return 1;
+}
+
+void AddLoadOptions(CLI::App& app, LoadArgs& a) {
+  CLI::Option* load = app.add_option(
+      "--load", a.path, "load statistics: SGLang JSON (logical_count or counts) or CSV");
+  CLI::Option* generate = app.add_flag("--generate", a.generate,
+                                       "use the embedded workload generator instead of --load");
+  load->excludes(generate);
+  std::vector<CLI::Option*> gen = {
+      app.add_option("--seed", a.gen.seed, "generator: seed")->capture_default_str(),
+      app.add_option("--layers", a.gen.layers, "generator: MoE layers")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 100000)),
+      app.add_option("--experts", a.gen.experts, "generator: logical experts per layer")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 1 << 20)),
+      app.add_option("--top-k", a.gen.top_k, "generator: experts each token is routed to")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 1 << 20)),
+      app.add_option("--tokens", a.gen.tokens, "generator: tokens per layer")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t{1}, int64_t{1} << 40)),
+      app.add_option("--skew", a.gen.skew, "generator: log-normal sigma of expert popularity")
+          ->capture_default_str()
+          ->check(CLI::Range(0.0, 4.0)),
+      app.add_option("--shift", a.gen.shift,
+                     "generator: workload shift K (K != 0 redraws 10% of the experts' popularity)")
+          ->capture_default_str(),
+  };
+  for (CLI::Option* o : gen) o->excludes(load);
+}
+
+StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
+  if (a.path.empty() == !a.generate) {
+    return Status::Invalid("give exactly one of --load FILE or --generate");
+  }
+  LoadInput in;
+  if (a.generate) {
+    if (static_cast<double>(a.gen.layers) * a.gen.experts > 1e8) {
+      return Status::Invalid(fmt::format("--layers x --experts = {} x {} is larger than 1e8",
+                                         a.gen.layers, a.gen.experts));
+    }
+    in.moe = GenerateLoad(a.gen);
+    for (int l = 0; l < in.moe.layers(); ++l) in.moe_rows.push_back(l);
+    in.source =
+        fmt::format("generated (seed {}, skew {}, shift {})", a.gen.seed, a.gen.skew, a.gen.shift);
+    return in;
+  }
+  EPLB_ASSIGN_OR_RETURN(LoadFile file, ReadLoadFile(a.path));
+  in.moe = std::move(file.moe);
+  in.moe_rows = std::move(file.moe_rows);
+  in.dense_rows = std::move(file.zero_rows);
+  in.source = a.path;
+  return in;
+}
+
+Status WriteOutputs(const std::vector<std::pair<std::string, std::string>>& files) {
+  namespace fs = std::filesystem;
+  for (size_t i = 0; i < files.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      std::error_code ec;
+      if (files[i].first == files[j].first || fs::equivalent(files[i].first, files[j].first, ec)) {
+        return Status::Invalid(fmt::format("{}: named for two outputs", files[i].first));
+      }
+    }
+  }
+  // What each file held before this call: nullopt when it did not exist.
+  std::vector<std::optional<std::string>> old;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const std::string& path = files[i].first;
+    std::optional<std::string> before;
+    std::error_code ec;
+    if (fs::exists(path, ec)) {
+      auto text = ReadFile(path);
+      if (!text.ok()) return text.status();
+      before = std::move(*text);
+    }
+    if (Status s = WriteFileAtomic(path, files[i].second); !s.ok()) {
+      for (size_t j = 0; j < old.size(); ++j) {
+        if (old[j]) {
+          (void)WriteFileAtomic(files[j].first, *old[j]);
+        } else {
+          std::remove(files[j].first.c_str());
+        }
+      }
+      return s;
+    }
+    old.push_back(std::move(before));
+  }
+  return Status::Ok();
+}
+
+std::string JoinIds(const std::vector<int>& ids) {
+  return ids.empty() ? "none" : fmt::format("{}", fmt::join(ids, ", "));
+}
+
+std::string FormatBytes(int64_t bytes) {
+  const double mib = static_cast<double>(bytes) / (1 << 20);
+  return mib >= 1024 ? fmt::format("{:.1f} GiB", mib / 1024) : fmt::format("{:.1f} MiB", mib);
 }
 
 }  // namespace eplb::tools

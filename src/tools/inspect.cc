@@ -66,50 +66,68 @@ Action AddConvert(CLI::App& app) {
 
 Action AddStats(CLI::App& app) {
   struct Args {
-    std::string load, map;
+    LoadArgs load;
+    std::string map;
     Shape shape;
   };
   auto a = std::make_shared<Args>();
-  app.add_option("--load", a->load, "load statistics file")->required();
-  app.add_option("--map", a->map, "expert map (default: experts in id order, no replicas)");
+  AddLoadOptions(app, a->load);
+  app.add_option("--map", a->map,
+                 "expert map (default: the id-order placement, slot i holds expert i mod E)");
   app.add_option("--ranks", a->shape.ranks, "ranks")->required()->check(CLI::Range(1, 1 << 20));
   app.add_option("--slots-per-rank", a->shape.slots_per_rank, "slots per rank")
       ->required()
       ->check(CLI::Range(1, 1 << 20));
   return [a] {
-    auto file = ReadLoadFile(a->load);
-    if (!file.ok()) return Fail("stats", file.status());
+    auto input = ReadLoad(a->load);
+    if (!input.ok()) return Fail("stats", input.status());
+    const LoadMatrix& load = input->moe;
     Shape shape = a->shape;
-    shape.layers = file->moe.layers();
-    shape.experts = file->moe.experts();
-    if (Status s = shape.Validate(); !s.ok()) return Fail("stats", s);
+    shape.layers = load.layers();
+    shape.experts = load.experts();
+    if (shape.layers == 0) {
+      return Fail("stats", Status::Invalid(
+                               fmt::format("{}: no MoE rows (every row is zero)", input->source)));
+    }
+    if (Status s = shape.Validate(); !s.ok()) {
+      return Fail("stats", s.WithPrefix(fmt::format("{} on {} ranks x {} slots", input->source,
+                                                    shape.ranks, shape.slots_per_rank)));
+    }
     Placement p = Placement::IdOrder(shape);
     if (!a->map.empty()) {
       auto map = ReadExpertMap(a->map, shape.experts, shape.ranks);
       if (!map.ok()) return Fail("stats", map.status());
       if (Status s = ValidatePlacement(map->placement, shape); !s.ok()) {
-        return Fail("stats", s.WithPrefix(a->map + " does not fit " + a->load));
+        return Fail("stats", s.WithPrefix(fmt::format("{} does not fit the load {} ({} MoE rows)",
+                                                      a->map, input->source, shape.layers)));
       }
-      p = map->placement;
+      p = std::move(map->placement);
     }
-    fmt::print("{:>5} {:>5} {:>12} {:>9} {:>12}\n", "layer", "row", "balancedness", "max/mean",
-               "upper bound");
-    double sum = 0;
+    // max/mean: the busiest rank's load over the mean rank load (1 / balancedness);
+    // hottest/mean: the hottest expert's load over the mean expert load (the skew of the load).
+    fmt::print("{:>5} {:>5} {:>12} {:>9} {:>12} {:>12}\n", "layer", "row", "balancedness",
+               "max/mean", "hottest/mean", "upper bound");
+    double sum = 0, bound_sum = 0;
     for (int l = 0; l < shape.layers; ++l) {
-      auto row = file->moe.row(l);
+      const std::vector<int> rows = {l};
+      const LoadMatrix one = load.SelectRows(rows);
+      auto row = load.row(l);
       const double b = LayerBalancedness(row, p, l);
-      LoadMatrix one(1, shape.experts);
-      std::copy(row.begin(), row.end(), one.row(0).begin());
+      const double mean = std::accumulate(row.begin(), row.end(), 0.0) / shape.experts;
+      const double hottest = mean > 0 ? *std::max_element(row.begin(), row.end()) / mean : 0.0;
       Shape s1 = shape;
       s1.layers = 1;
-      fmt::print("{:>5} {:>5} {:>12.4f} {:>9.3f} {:>12.4f}\n", l, file->moe_rows[l], b,
-                 b > 0 ? 1 / b : 0.0, BalancednessUpperBound(one, s1));
+      const double bound = BalancednessUpperBound(one, s1);
+      fmt::print("{:>5} {:>5} {:>12.4f} {:>9.3f} {:>12.3f} {:>12.4f}\n", l, input->moe_rows[l], b,
+                 b > 0 ? 1 / b : 0.0, hottest, bound);
       sum += b;
+      bound_sum += bound;
     }
     fmt::print(
-        "mean balancedness {:.4f} over {} MoE layers (dense rows left out: {})\n",
-        sum / shape.layers, shape.layers,
-        file->zero_rows.empty() ? "none" : fmt::format("{}", fmt::join(file->zero_rows, ", ")));
+        "mean balancedness {:.4f} (upper bound {:.4f}) over {} MoE layers of {}; dense rows left "
+        "out: {}\n",
+        sum / shape.layers, bound_sum / shape.layers, shape.layers, input->source,
+        JoinIds(input->dense_rows));
     return 0;
   };
 }

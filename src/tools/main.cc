@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -33,11 +34,22 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    fmt::print(stderr, "eplb: {}\n", e.what());
+    // Usage errors follow the same rule as every other error: one line, exit status 1.
+    std::string message = e.what();
+    std::replace(message.begin(), message.end(), '\n', ' ');
+    const bool known = argc > 1 && std::find(names.begin(), names.end(), argv[1]) != names.end();
+    fmt::print(stderr, "eplb{}: {} (see eplb {}--help)\n", known ? std::string(" ") + argv[1] : "",
+               message, known ? std::string(argv[1]) + " " : "");
     return 1;
   }
   for (auto& [sub, action] : actions) {
-    if (sub->parsed()) return action();
+    if (!sub->parsed()) continue;
+    try {
+      return action();
+    } catch (const std::exception& e) {  // e.g. out of memory: still one line and status 1
+      fmt::print(stderr, "eplb {}: internal error: {}\n", sub->get_name(), e.what());
+      return 1;
+    }
   }
   return 1;
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <numeric>
+#include <set>
+#include <vector>
 
 #include "eplb/loads.h"
 
@@ -27,6 +29,20 @@ TEST(GeneratorTest, DeterministicIntegerRowsSummingToTopKTimesTokens) {
   }
   o.seed = 2;
   EXPECT_NE(GenerateLoad(o).values(), a.values());
+}
+
+// The generator uses std::mt19937_64 (whose output the standard fixes) and its own distribution
+// math, so these values are the same with any compiler and standard library; a change here changes
+// every generated workload and every number quoted from one.
+TEST(GeneratorTest, GoldenValues) {
+  GeneratorOptions o;
+  o.layers = 2;
+  o.experts = 8;
+  o.tokens = 1000;
+  o.seed = 7;
+  const std::vector<double> expected = {1226, 2255, 639, 173,  1598, 594,  355,  1160,
+                                        609,  477,  586, 1017, 898,  2013, 1004, 1396};
+  EXPECT_EQ(GenerateLoad(o).values(), expected);
 }
 
 TEST(GeneratorTest, DefaultSkewResemblesDeepSeekV3) {
@@ -60,6 +76,47 @@ TEST(GeneratorTest, AShiftChangesSomeExpertsNotAll) {
   }
   EXPECT_GT(differ, total / 50);
   EXPECT_LT(differ, total / 4);
+}
+
+TEST(GeneratorTest, AShiftBringsNewHotExperts) {
+  GeneratorOptions o;
+  const LoadMatrix a = GenerateLoad(o);
+  o.shift = 1;
+  const LoadMatrix b = GenerateLoad(o);
+  o.shift = 2;
+  const LoadMatrix c = GenerateLoad(o);
+  EXPECT_NE(b.values(), c.values());
+  // The 16 hottest experts of each layer: some of them change with the shift.
+  auto top = [](const LoadMatrix& m, int l) {
+    std::vector<int> ids(m.experts());
+    std::iota(ids.begin(), ids.end(), 0);
+    std::sort(ids.begin(), ids.end(), [&](int x, int y) {
+      return m.at(l, x) > m.at(l, y) || (m.at(l, x) == m.at(l, y) && x < y);
+    });
+    return std::set<int>(ids.begin(), ids.begin() + 16);
+  };
+  int replaced = 0;
+  for (int l = 0; l < a.layers(); ++l) {
+    const std::set<int> ta = top(a, l), tb = top(b, l);
+    for (int e : tb) replaced += ta.count(e) == 0;
+  }
+  EXPECT_GT(replaced, a.layers() / 2);  // about 1.8 of 16 per layer
+}
+
+TEST(GeneratorTest, NoSkewIsNearlyUniformAndSmallShapesWork) {
+  GeneratorOptions o;
+  o.skew = 0;
+  o.layers = 1;
+  const LoadMatrix m = GenerateLoad(o);
+  const double mean = 8.0 * 65536 / 256;
+  for (double v : m.row(0)) {
+    EXPECT_GE(v, 0.8 * mean);
+    EXPECT_LE(v, 1.2 * mean);
+  }
+  o.experts = 1;
+  o.tokens = 3;
+  o.top_k = 1;
+  EXPECT_EQ(GenerateLoad(o).values(), std::vector<double>{3});
 }
 
 }  // namespace

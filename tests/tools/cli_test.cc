@@ -59,8 +59,11 @@ class CliTest : public ::testing::Test {
     EXPECT_EQ(r.status, 1) << r.out;
     EXPECT_NE(r.out.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.out;
     EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+    EXPECT_EQ(r.out.rfind("eplb", 0), 0u) << r.out;
     EXPECT_EQ(fs::exists(out), existed) << out;
-    if (existed) EXPECT_EQ(Read(out), before);
+    if (existed) {
+      EXPECT_EQ(Read(out), before);
+    }
     for (const auto& e : fs::directory_iterator(dir_)) {
       EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
     }
@@ -82,11 +85,19 @@ TEST_F(CliTest, PlanWritesMapAndReportWithEveryKey) {
   auto report = nlohmann::json::parse(Read(Path("report.json")));
   for (const char* key : {"algorithm", "layers", "ranks", "slots_per_rank", "balancedness_before",
                           "balancedness_after", "balancedness_upper_bound", "slots_changed",
-                          "slots_total", "bytes_moved", "compute_ms", "dense_rows", "repairs"}) {
+                          "slots_total", "bytes_moved", "compute_ms", "dense_rows", "repairs",
+                          "skipped_layers", "per_layer_balancedness_after"}) {
     EXPECT_TRUE(report.contains(key)) << key;
   }
   EXPECT_EQ(report["layers"], 3);
   EXPECT_EQ(report["slots_total"], 3 * 12);
+  EXPECT_EQ(report["dense_rows"], nlohmann::json::array({0}));
+  EXPECT_EQ(report["per_layer_balancedness_after"].size(), 3u);
+  // No --current: every slot is placed fresh, one DeepSeek-V3 FP8 expert (3 x 7168 x 2048 bytes)
+  // loaded per slot.
+  EXPECT_EQ(report["baseline"], "id-order");
+  EXPECT_EQ(report["slots_changed"], 3 * 12);
+  EXPECT_EQ(report["bytes_moved"], int64_t{3} * 12 * 44040192);
   EXPECT_GE(report["balancedness_after"].get<double>(),
             report["balancedness_before"].get<double>());
   EXPECT_LE(report["balancedness_after"].get<double>(),
@@ -98,11 +109,71 @@ TEST_F(CliTest, PlanWritesMapAndReportWithEveryKey) {
   const Result again = Eplb("plan --load " + load + " --ranks 4 --slots-per-rank 3 --current " +
                             Path("s.json") + " --report " + Path("again.json"));
   ASSERT_EQ(again.status, 0) << again.out;
-  EXPECT_EQ(nlohmann::json::parse(Read(Path("again.json")))["slots_changed"], 0);
+  const auto again_report = nlohmann::json::parse(Read(Path("again.json")));
+  EXPECT_EQ(again_report["slots_changed"], 0);
+  EXPECT_EQ(again_report["bytes_moved"], 0);
+  EXPECT_EQ(again_report["baseline"], "current");
+  EXPECT_DOUBLE_EQ(again_report["balancedness_before"].get<double>(),
+                   report["balancedness_after"].get<double>());
   const Result stats =
       Eplb("stats --load " + load + " --map " + Path("map.json") + " --ranks 4 --slots-per-rank 3");
   ASSERT_EQ(stats.status, 0) << stats.out;
   EXPECT_NE(stats.out.find("mean balancedness"), std::string::npos);
+}
+
+TEST_F(CliTest, ValidatePrintsASummary) {
+  const std::string map = Write(
+      "map.json",
+      R"({"physical_to_logical_map": [[0,1,2,3,4,5,6,7,0,1,2,4], [7,6,5,4,3,2,1,0,7,6,5,4]]})");
+  const Result r = Eplb("validate " + map + " --ranks 4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("2 layers, 4 ranks x 3 slots, 8 logical experts, 1 to 2 replicas"),
+            std::string::npos)
+      << r.out;
+}
+
+TEST_F(CliTest, ConvertRoundTripsBetweenLayouts) {
+  ASSERT_EQ(Eplb("plan --generate --layers 3 --experts 16 --ranks 4 --slots-per-rank 5 --out " +
+                 Path("v.json") + " --format vllm-ascend")
+                .status,
+            0);
+  ASSERT_EQ(Eplb("convert " + Path("v.json") + " --to sglang --out " + Path("s.json")).status, 0);
+  ASSERT_EQ(
+      Eplb("convert " + Path("s.json") + " --ranks 4 --to vllm-ascend --out " + Path("v2.json"))
+          .status,
+      0);
+  EXPECT_EQ(Read(Path("v.json")), Read(Path("v2.json")));
+  EXPECT_NE(Read(Path("s.json")).find("physical_to_logical_map"), std::string::npos);
+}
+
+TEST_F(CliTest, StatsPrintsOneRowPerMoeLayerAndTheMean) {
+  const std::string load = Write("load.csv", "# three layers\n0,0,0,0\n4,1,1,2\n1,1,1,1\n");
+  const Result r = Eplb("stats --load " + load + " --ranks 2 --slots-per-rank 2");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 4) << r.out;  // header, 2 rows, mean
+  EXPECT_NE(r.out.find("dense rows left out: 0"), std::string::npos) << r.out;
+  const Result gen = Eplb("stats --generate --layers 2 --ranks 64 --slots-per-rank 5");
+  ASSERT_EQ(gen.status, 0) << gen.out;
+  EXPECT_NE(gen.out.find("mean balancedness"), std::string::npos);
+}
+
+// The workflow of scripts/run-default.sh: a fresh placement, then a shifted workload re-planned
+// from it moves a few experts and restores the balance.
+TEST_F(CliTest, PlanAfterAShiftMovesFewSlots) {
+  const std::string shape = " --ranks 64 --slots-per-rank 5";
+  ASSERT_EQ(Eplb("plan --generate" + shape + " --out " + Path("p.json")).status, 0);
+  const Result r = Eplb("plan --generate --shift 1" + shape + " --current " + Path("p.json") +
+                        " --out " + Path("q.json") + " --format sglang --report " + Path("r.json"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto report = nlohmann::json::parse(Read(Path("r.json")));
+  EXPECT_EQ(report["slots_total"], 58 * 320);
+  EXPECT_GT(report["slots_changed"].get<int64_t>(), 0);
+  EXPECT_LT(report["slots_changed"].get<int64_t>(), 58 * 320 / 4);
+  EXPECT_EQ(report["bytes_moved"].get<int64_t>(),
+            report["slots_changed"].get<int64_t>() * 44040192);
+  EXPECT_LT(report["balancedness_before"].get<double>(), 0.8);
+  EXPECT_GT(report["balancedness_after"].get<double>(), 0.95);
+  EXPECT_EQ(Eplb("validate " + Path("q.json") + " --ranks 64").status, 0);
 }
 
 TEST_F(CliTest, CheckConfigPrintsTheResolvedConfiguration) {
@@ -164,6 +235,61 @@ TEST_F(CliTest, BadInputsFailCleanly) {
   ExpectError("check-config '{\"num_redundant_experts\": 3}' --experts 8 --ranks 4",
               "num_redundant_experts", Path("none"));
   ExpectError("frobnicate", "frobnicate", Path("none"));
+}
+
+TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
+  const std::string out = Path("out.json");
+  const std::string shape = " --ranks 4 --slots-per-rank 3 --out " + out;
+  const std::string load = Write("load.json", kLoad);
+  ExpectError("plan --load " + load + " --seed 3" + shape, "eplb plan: --load excludes --seed",
+              out);
+  ExpectError("plan --load " + load + " --generate" + shape, "--generate", out);
+  ExpectError("plan" + shape, "eplb plan: give exactly one of --load FILE or --generate", out);
+  ExpectError("plan --generate --experts 8 --bogus" + shape, "eplb plan: ", out);
+  ExpectError("plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --format sglang",
+              "--format requires --out", out);
+  ExpectError("plan --generate --experts 8 --algorithm deepseek --max-changes-per-layer 2" + shape,
+              "--max-changes-per-layer applies to --algorithm swift only", out);
+  ExpectError("plan --generate --experts 8 --nodes 3" + shape, "divide the 4 ranks", out);
+  ExpectError(
+      "plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --out " + out + " --report " + out,
+      "named for two outputs", out);
+  ExpectError("check-config {} --experts 8", "eplb check-config: --experts requires --ranks",
+              Path("none"));
+  ExpectError("", "eplb: ", Path("none"));
+}
+
+TEST_F(CliTest, ShapeDisagreementsNameTheMap) {
+  const std::string load = Write("load.json", kLoad);
+  const std::string out = Path("out.json");
+  // A vllm-ascend map for 4 ranks given with --ranks 2 (and 6 slots per rank).
+  ASSERT_EQ(
+      Eplb("plan --load " + load + " --ranks 4 --slots-per-rank 3 --out " + Path("m4.json")).status,
+      0);
+  ExpectError("plan --load " + load + " --ranks 2 --slots-per-rank 6 --current " + Path("m4.json") +
+                  " --out " + out,
+              "m4.json", out);
+  ExpectError("stats --load " + load + " --ranks 2 --slots-per-rank 6 --map " + Path("m4.json"),
+              "m4.json", Path("none"));
+  // A map of 16 experts for a load of 8.
+  ASSERT_EQ(Eplb("plan --generate --layers 3 --experts 16 --ranks 4 --slots-per-rank 4 --out " +
+                 Path("e16.json"))
+                .status,
+            0);
+  ExpectError("plan --load " + load + " --ranks 4 --slots-per-rank 4 --current " +
+                  Path("e16.json") + " --out " + out,
+              "e16.json", out);
+}
+
+TEST_F(CliTest, AFailedSecondWriteLeavesNoOutput) {
+  const std::string out = Path("out.json");
+  const std::string args =
+      "plan --generate --experts 8 --layers 2 --ranks 4 --slots-per-rank 3 "
+      "--out " +
+      out + " --report " + Path("no/such/dir/report.json");
+  ExpectError(args, "report.json", out);  // the map is not left behind
+  Write("out.json", "keep me");
+  ExpectError(args, "report.json", out);  // nor overwritten
 }
 
 }  // namespace
