@@ -28,14 +28,25 @@ struct RuntimeConfig {
   AlgorithmOptions algorithm_options;  // derived: skip_balancedness = imbalance_threshold
 };
 
-// Parses a JSON object (text). `origin` names the source in messages (a path or "inline").
+// Parses a JSON object (text). `origin` names the source in messages (a path, or "inline
+// config"). Every error is one line:
+//   "<origin>: line L, column C: not valid JSON: <why>"
+//   "<origin>: expected a JSON object (...), got <value>"
+//   "<origin>: eplb_config: expected the only top-level key when present, got also <key>"
+//   "<origin>: eplb_config.<key>: expected <type and range>, got <value>"
+//   "<origin>: eplb_config.<key>: expected once, given more than once"
+//   "<origin>: eplb_config.<key>: unknown key (did you mean "<known>"?); known keys: ..."
+// Integers must be JSON integers (2.0 and true are not); numbers accept integers.
 StatusOr<RuntimeConfig> ParseRuntimeConfig(const std::string& json_text, const std::string& origin);
-// A file path, or inline JSON text when the argument starts with '{'.
+// Inline JSON text when the argument starts with '{' (after whitespace; origin "inline config"),
+// else a file path read with ReadFile (origin: the path).
 StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json);
-// Checks the configuration against a model: E + K divisible by ranks, the map file (if any)
-// readable and matching the shape. Returns slots per rank.
+// Checks the configuration against a model and returns slots per rank S = (E + K) / ranks:
+// experts E > 0, ranks > 0, (E + K) % ranks == 0 (else the nearest valid K are suggested), S <= E,
+// and the map file (if any) readable with E experts and `ranks` ranks and of S slots per rank.
 StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int ranks);
-// The resolved configuration as JSON (every key, defaults included).
+// The resolved configuration as pretty-printed JSON, {"eplb_config": {...}} with every key
+// (defaults included) in the order above; ParseRuntimeConfig reads it back to an equal config.
 std::string RuntimeConfigToJson(const RuntimeConfig& config);
 
 }  // namespace eplb

@@ -3,31 +3,64 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <cmath>
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string_view>
+#include <vector>
 
 #include "eplb/formats.h"
 
 namespace eplb {
 namespace {
 
-using nlohmann::json;
+using json = nlohmann::json;
 
-const std::vector<std::string>& KnownKeys() {
-  static const std::vector<std::string> keys = {"dynamic_eplb",
-                                                "expert_heat_collection_interval",
-                                                "algorithm_execution_interval",
-                                                "num_redundant_experts",
-                                                "expert_map_path",
-                                                "expert_map_record_path",
-                                                "algorithm",
-                                                "max_layers_in_flight",
-                                                "imbalance_threshold",
-                                                "transfer_timeout_ms"};
-  return keys;
+constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+constexpr std::string_view kWrapper = "eplb_config";
+
+// Parse errors and values are rendered with a bounded length so that a message stays one line.
+constexpr size_t kShownMax = 40;
+
+std::string Truncate(std::string s) {
+  return s.size() <= kShownMax ? s : s.substr(0, kShownMax - 4) + "...";
 }
 
-int EditDistance(const std::string& a, const std::string& b) {
+// A value for "got ...": as written in JSON (strings quoted, control characters escaped),
+// shortened.
+std::string Shown(const json& v) {
+  if (v.is_array()) return v.empty() ? "[]" : "an array";
+  if (v.is_object()) return v.empty() ? "{}" : "an object";
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (s.size() <= kShownMax) return s;
+  return v.is_string() ? s.substr(0, kShownMax - 5) + "...\"" : Truncate(std::move(s));
+}
+
+// A key as it appears after "eplb_config.": bare when it is an identifier, else JSON-quoted (so a
+// key holding a newline or a dot cannot break the one-line message or fake a path).
+std::string KeyName(const std::string& key) {
+  const bool plain = !key.empty() && std::all_of(key.begin(), key.end(), [](char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_' || ch == '-';
+  });
+  return plain ? Truncate(key) : Shown(json(key));
+}
+
+// The integer value of a JSON integer (not a float such as 2.0), saturated to the int64 range.
+std::optional<int64_t> AsInteger(const json& v) {
+  if (v.is_number_unsigned()) {
+    return static_cast<int64_t>(
+        std::min<uint64_t>(v.get<uint64_t>(), std::numeric_limits<int64_t>::max()));
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  return std::nullopt;
+}
+
+int EditDistance(std::string_view a, std::string_view b) {
   std::vector<int> row(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) row[j] = static_cast<int>(j);
   for (size_t i = 1; i <= a.size(); ++i) {
@@ -35,177 +68,336 @@ int EditDistance(const std::string& a, const std::string& b) {
     row[0] = static_cast<int>(i);
     for (size_t j = 1; j <= b.size(); ++j) {
       const int up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1] ? 1 : 0)});
       diag = up;
     }
   }
   return row[b.size()];
 }
 
-std::string Shown(const json& v) {
-  std::string s = v.dump();
-  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
-}
-
-// Reads one key with its type and range; the message names origin, key, expectation and value.
+// Builds the messages of ParseRuntimeConfig: "<origin>: eplb_config.<key>: expected <what>, got
+// <value>".
 class Reader {
  public:
-  explicit Reader(std::string origin) : origin_(std::move(origin)) {}
+  explicit Reader(const std::string& origin) : origin_(origin) {}
 
-  Status Bool(const json& v, const std::string& key, bool* out) const {
-    if (!v.is_boolean()) return Bad(key, "true or false", v);
+  Status Bad(const std::string& key, const std::string& expected, const json& got) const {
+    return Status::Invalid(fmt::format("{}: {}.{}: expected {}, got {}", origin_, kWrapper,
+                                       KeyName(key), expected, Shown(got)));
+  }
+
+  Status Bool(const std::string& key, const json& v, bool* out) const {
+    if (!v.is_boolean()) return Bad(key, "a boolean (true or false)", v);
     *out = v.get<bool>();
     return Status::Ok();
   }
-  Status Int(const json& v, const std::string& key, int64_t lo, int64_t hi, int* out) const {
-    const std::string want = hi == INT32_MAX ? fmt::format("an integer >= {}", lo)
-                                             : fmt::format("an integer in [{}, {}]", lo, hi);
-    if (!v.is_number_integer() &&
-        !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>() &&
-          std::abs(v.get<double>()) < 1e15)) {
-      return Bad(key, want, v);
-    }
+
+  // An integer in [lo, hi]; hi is the int range unless a key says otherwise.
+  Status Int(const std::string& key, const json& v, int64_t lo, int* out) const {
+    const std::optional<int64_t> i = AsInteger(v);
+    if (!i || *i < lo) return Bad(key, fmt::format("an integer >= {}", lo), v);
+    if (*i > kIntMax) return Bad(key, fmt::format("an integer in [{}, {}]", lo, kIntMax), v);
+    *out = static_cast<int>(*i);
+    return Status::Ok();
+  }
+
+  // A number in (lo, hi]; integers count as numbers, booleans do not.
+  Status NumberAboveAtMost(const std::string& key, const json& v, double lo, double hi,
+                           double* out) const {
+    const std::string expected = fmt::format("a number in ({}, {}]", lo, hi);
+    if (!v.is_number()) return Bad(key, expected, v);
     const double d = v.get<double>();
-    if (d < static_cast<double>(lo) || d > static_cast<double>(hi)) return Bad(key, want, v);
-    *out = static_cast<int>(d);
+    if (!(d > lo && d <= hi)) return Bad(key, expected, v);
+    *out = d;
     return Status::Ok();
   }
-  Status Number(const json& v, const std::string& key, double lo_excl, double hi,
-                double* out) const {
-    const std::string want = fmt::format("a number in ({}, {}]", lo_excl, hi);
-    if (!v.is_number() || !(v.get<double>() > lo_excl && v.get<double>() <= hi)) {
-      return Bad(key, want, v);
-    }
-    *out = v.get<double>();
-    return Status::Ok();
-  }
-  Status String(const json& v, const std::string& key, std::string* out) const {
+
+  Status String(const std::string& key, const json& v, std::string* out) const {
     if (!v.is_string()) return Bad(key, "a string", v);
     *out = v.get<std::string>();
     return Status::Ok();
   }
-  Status Bad(const std::string& key, const std::string& want, const json& got) const {
-    return Status::Invalid(
-        fmt::format("{}: eplb_config.{}: expected {}, got {}", origin_, key, want, Shown(got)));
-  }
-  const std::string& origin() const { return origin_; }
 
  private:
-  std::string origin_;
+  const std::string& origin_;
 };
 
-}  // namespace
+// One configuration key: its name and how it is read into the struct.
+struct Key {
+  std::string_view name;
+  Status (*read)(const Reader& r, const std::string& key, const json& v, RuntimeConfig& c);
+};
 
-StatusOr<RuntimeConfig> ParseRuntimeConfig(const std::string& text, const std::string& origin) {
-  json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) return Status::Invalid(origin + ": not valid JSON");
-  if (!doc.is_object())
-    return Status::Invalid(origin + ": expected a JSON object, got " + Shown(doc));
-  if (doc.contains("eplb_config")) {
-    if (doc.size() != 1) {
-      return Status::Invalid(origin + ": \"eplb_config\" must be the only top-level key");
-    }
-    doc = doc["eplb_config"];
-    if (!doc.is_object()) {
-      return Status::Invalid(origin + ": eplb_config: expected an object, got " + Shown(doc));
+// In the order of config.h; RuntimeConfigToJson writes the same order.
+const std::vector<Key>& Keys() {
+  static const std::vector<Key> keys = {
+      {"dynamic_eplb", [](const Reader& r, const std::string& k, const json& v,
+                          RuntimeConfig& c) { return r.Bool(k, v, &c.dynamic_eplb); }},
+      {"expert_heat_collection_interval",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.Int(k, v, 1, &c.expert_heat_collection_interval);
+       }},
+      {"algorithm_execution_interval",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.Int(k, v, 1, &c.algorithm_execution_interval);
+       }},
+      {"num_redundant_experts",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.Int(k, v, 0, &c.num_redundant_experts);
+       }},
+      {"expert_map_path", [](const Reader& r, const std::string& k, const json& v,
+                             RuntimeConfig& c) { return r.String(k, v, &c.expert_map_path); }},
+      {"expert_map_record_path",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.String(k, v, &c.expert_map_record_path);
+       }},
+      {"algorithm",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         const std::vector<std::string> names = BalancerNames();
+         std::vector<std::string> quoted;
+         for (const std::string& n : names) quoted.push_back(json(n).dump());
+         const std::string expected = fmt::format("one of {}", fmt::join(quoted, ", "));
+         if (!v.is_string()) return r.Bad(k, expected + " (a string)", v);
+         const std::string name = v.get<std::string>();
+         if (std::find(names.begin(), names.end(), name) == names.end()) {
+           return r.Bad(k, expected, v);
+         }
+         c.algorithm = name;
+         return Status::Ok();
+       }},
+      {"max_layers_in_flight",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.Int(k, v, 1, &c.max_layers_in_flight);
+       }},
+      {"imbalance_threshold",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.NumberAboveAtMost(k, v, 0.0, 1.0, &c.imbalance_threshold);
+       }},
+      {"transfer_timeout_ms",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.Int(k, v, 1, &c.transfer_timeout_ms);
+       }},
+  };
+  return keys;
+}
+
+Status UnknownKey(const std::string& origin, const std::string& key) {
+  std::vector<std::string_view> names;
+  std::string_view best;
+  int best_distance = 3;  // suggest only within edit distance 2
+  for (const Key& k : Keys()) {
+    names.push_back(k.name);
+    // Keys longer than every known key by more than 2 cannot be within distance 2.
+    if (key.size() > k.name.size() + 2) continue;
+    const int d = EditDistance(key, k.name);
+    if (d < best_distance) {  // ties go to the earlier key
+      best_distance = d;
+      best = k.name;
     }
   }
-  const Reader r(origin);
-  RuntimeConfig c;
-  for (const auto& [key, v] : doc.items()) {
-    Status s;
-    if (key == "dynamic_eplb") {
-      s = r.Bool(v, key, &c.dynamic_eplb);
-    } else if (key == "expert_heat_collection_interval") {
-      s = r.Int(v, key, 1, INT32_MAX, &c.expert_heat_collection_interval);
-    } else if (key == "algorithm_execution_interval") {
-      s = r.Int(v, key, 1, INT32_MAX, &c.algorithm_execution_interval);
-    } else if (key == "num_redundant_experts") {
-      s = r.Int(v, key, 0, INT32_MAX, &c.num_redundant_experts);
-    } else if (key == "expert_map_path") {
-      s = r.String(v, key, &c.expert_map_path);
-    } else if (key == "expert_map_record_path") {
-      s = r.String(v, key, &c.expert_map_record_path);
-    } else if (key == "algorithm") {
-      s = r.String(v, key, &c.algorithm);
-      const auto names = BalancerNames();
-      if (s.ok() && std::find(names.begin(), names.end(), c.algorithm) == names.end()) {
-        s = r.Bad(key, fmt::format("one of {}", fmt::join(names, ", ")), v);
+  const std::string hint = best.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", best);
+  return Status::Invalid(fmt::format("{}: {}.{}: unknown key{}; known keys: {}", origin, kWrapper,
+                                     KeyName(key), hint, fmt::join(names, ", ")));
+}
+
+// The first key given twice in one object, at object depth 1 (top level) or 2 (inside it).
+struct Duplicate {
+  int depth = 0;
+  std::string key;
+};
+
+// nlohmann's message without its "[json.exception.<kind>.<id>] " tag and its "parse error at line
+// L, column C: " head (the caller writes its own place), on one line.
+std::string Reason(const json::exception& e) {
+  std::string why = e.what();
+  if (const size_t tag = why.find("] "); why.starts_with("[json.exception.") && tag != why.npos) {
+    why = why.substr(tag + 2);
+  }
+  if (why.starts_with("parse error")) {
+    if (const size_t head = why.find(": "); head != std::string::npos) why = why.substr(head + 2);
+  }
+  std::replace(why.begin(), why.end(), '\n', ' ');
+  return why;
+}
+
+// Parses `text`; a syntax error gives "<origin>: line L, column C: not valid JSON: <why>".
+StatusOr<json> ParseDocument(const std::string& text, const std::string& origin,
+                             Duplicate* duplicate) {
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
+    return Status::Invalid(fmt::format("{}: is empty, expected a JSON object", origin));
+  }
+  // nlohmann keeps the last of two equal keys; the callback spots them so none is silently lost.
+  std::vector<std::set<std::string>> open;
+  const json::parser_callback_t callback = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      open.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      if (!open.empty()) open.pop_back();
+    } else if (event == json::parse_event_t::key && !open.empty() && parsed.is_string()) {
+      if (!open.back().insert(parsed.get<std::string>()).second && duplicate->depth == 0 &&
+          depth <= 2) {
+        *duplicate = {depth, parsed.get<std::string>()};
       }
-    } else if (key == "max_layers_in_flight") {
-      s = r.Int(v, key, 1, 1 << 20, &c.max_layers_in_flight);
-    } else if (key == "imbalance_threshold") {
-      s = r.Number(v, key, 0.0, 1.0, &c.imbalance_threshold);
-    } else if (key == "transfer_timeout_ms") {
-      s = r.Int(v, key, 1, 86400000, &c.transfer_timeout_ms);
-    } else {
-      std::string hint;
-      for (const std::string& k : KnownKeys()) {
-        if (EditDistance(key, k) <= 2) hint = fmt::format(" (did you mean \"{}\"?)", k);
-      }
-      return Status::Invalid(fmt::format("{}: eplb_config: unknown key \"{}\"{}; known keys: {}",
-                                         origin, key, hint, fmt::join(KnownKeys(), ", ")));
     }
-    EPLB_RETURN_IF_ERROR(s);
+    return true;
+  };
+  try {
+    return json::parse(text, callback);
+  } catch (const json::parse_error& e) {
+    // The place of the last character read (1-based line and column), where nlohmann gave up.
+    const size_t pos = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+    const size_t line = 1 + std::count(text.begin(), text.begin() + pos, '\n');
+    const size_t newline = std::string_view(text).substr(0, pos).rfind('\n');
+    const size_t column = 1 + (newline == std::string_view::npos ? pos : pos - newline - 1);
+    return Status::Invalid(
+        fmt::format("{}: line {}, column {}: not valid JSON: {}", origin, line, column, Reason(e)));
+  } catch (const json::exception& e) {  // e.g. a number too large for a double
+    return Status::Invalid(fmt::format("{}: not valid JSON: {}", origin, Reason(e)));
+  }
+}
+
+StatusOr<RuntimeConfig> Parse(const std::string& text, const std::string& origin) {
+  Duplicate duplicate;
+  EPLB_ASSIGN_OR_RETURN(json doc, ParseDocument(text, origin, &duplicate));
+  if (!doc.is_object()) {
+    return Status::Invalid(fmt::format(
+        "{}: expected a JSON object (the {} keys, bare or as {{\"{}\": {{...}}}}), got {}", origin,
+        kWrapper, kWrapper, Shown(doc)));
+  }
+  int config_depth = 1;
+  if (doc.contains(kWrapper)) {
+    if (doc.size() != 1) {
+      std::string other;
+      for (const auto& [k, v] : doc.items()) {
+        if (k != kWrapper) {
+          other = k;
+          break;
+        }
+      }
+      return Status::Invalid(
+          fmt::format("{}: {}: expected the only top-level key when present, got also {}", origin,
+                      kWrapper, Shown(json(other))));
+    }
+    if (duplicate.depth == 1) {
+      return Status::Invalid(
+          fmt::format("{}: {}: expected once, given more than once", origin, kWrapper));
+    }
+    json inner = std::move(doc[std::string(kWrapper)]);
+    doc = std::move(inner);
+    if (!doc.is_object()) {
+      return Status::Invalid(
+          fmt::format("{}: {}: expected an object, got {}", origin, kWrapper, Shown(doc)));
+    }
+    config_depth = 2;
+  }
+  if (duplicate.depth == config_depth) {
+    return Status::Invalid(fmt::format("{}: {}.{}: expected once, given more than once", origin,
+                                       kWrapper, KeyName(duplicate.key)));
+  }
+  const Reader reader(origin);
+  RuntimeConfig c;
+  // json objects iterate in key order, so the first error reported does not depend on the text.
+  for (const auto& [key, value] : doc.items()) {
+    const auto it =
+        std::find_if(Keys().begin(), Keys().end(), [&](const Key& k) { return k.name == key; });
+    if (it == Keys().end()) return UnknownKey(origin, key);
+    EPLB_RETURN_IF_ERROR(it->read(reader, key, value, c));
   }
   c.algorithm_options.skip_balancedness = c.imbalance_threshold;
   return c;
 }
 
+// The valid K nearest below and above `k`: K >= 0 with (E + K) % R == 0 and (E + K) / R <= E.
+std::string NearestValidRedundancy(int64_t e, int64_t k, int64_t r) {
+  const int64_t min_spr = (e + r - 1) / r;
+  const int64_t physical = e + k;
+  std::vector<int64_t> valid;
+  const int64_t below = std::min(physical / r, e);
+  if (below >= min_spr && below * r - e < k) valid.push_back(below * r - e);
+  const int64_t above = std::max((physical + r - 1) / r, min_spr);
+  if (above <= e && above * r - e > k) valid.push_back(above * r - e);
+  return fmt::format("{}", fmt::join(valid, " or "));
+}
+
+}  // namespace
+
+StatusOr<RuntimeConfig> ParseRuntimeConfig(const std::string& json_text,
+                                           const std::string& origin) {
+  try {
+    return Parse(json_text, origin);
+  } catch (const std::exception& e) {  // only allocation failure is expected here
+    return Status::Internal(
+        fmt::format("{}: reading the configuration failed: {}", origin, e.what()));
+  }
+}
+
 StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json) {
-  const size_t first = path_or_json.find_first_not_of(" \t\r\n");
+  const size_t first = path_or_json.find_first_not_of(" \t\r\n\f\v");
   if (first != std::string::npos && path_or_json[first] == '{') {
     return ParseRuntimeConfig(path_or_json, "inline config");
   }
-  EPLB_ASSIGN_OR_RETURN(std::string text, ReadFile(path_or_json));
+  EPLB_ASSIGN_OR_RETURN(const std::string text, ReadFile(path_or_json));
   return ParseRuntimeConfig(text, path_or_json);
 }
 
-StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& c, int experts, int ranks) {
-  if (experts <= 0) return Status::Invalid(fmt::format("experts must be > 0, got {}", experts));
-  if (ranks <= 0) return Status::Invalid(fmt::format("ranks must be > 0, got {}", ranks));
-  const int physical = experts + c.num_redundant_experts;
-  if (physical % ranks != 0) {
-    const int below = physical - physical % ranks - experts;
-    const int above = physical + (ranks - physical % ranks) - experts;
-    return Status::Invalid(fmt::format(
-        "eplb_config.num_redundant_experts: {} experts + {} redundant = {} physical slots do not "
-        "divide evenly over {} ranks; nearest valid values: {}",
-        experts, c.num_redundant_experts, physical, ranks,
-        below >= 0 ? fmt::format("{} or {}", below, above) : fmt::format("{}", above)));
+StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int ranks) {
+  if (experts <= 0) {
+    return Status::Invalid(fmt::format("model: experts must be > 0, got {}", experts));
   }
-  const int slots_per_rank = physical / ranks;
-  if (slots_per_rank > experts) {
-    return Status::Invalid(fmt::format(
-        "eplb_config.num_redundant_experts: {} slots per rank exceed the {} experts (a rank holds "
-        "at most one replica of each)",
-        slots_per_rank, experts));
+  if (ranks <= 0) return Status::Invalid(fmt::format("model: ranks must be > 0, got {}", ranks));
+  const int64_t e = experts;
+  const int64_t k = config.num_redundant_experts;
+  const int64_t r = ranks;
+  if (k < 0) {
+    return Status::Invalid(
+        fmt::format("{}.num_redundant_experts: expected an integer >= 0, got {}", kWrapper, k));
   }
-  if (!c.expert_map_path.empty()) {
-    EPLB_ASSIGN_OR_RETURN(MapFile map, ReadExpertMap(c.expert_map_path, experts, ranks));
-    if (map.placement.ranks() != ranks || map.placement.slots_per_rank() != slots_per_rank) {
+  if ((e + k) % r != 0) {
+    return Status::Invalid(fmt::format(
+        "{}.num_redundant_experts: {} experts + {} redundant = {} physical slots cannot be split "
+        "evenly over {} ranks; nearest valid num_redundant_experts: {}",
+        kWrapper, e, k, e + k, r, NearestValidRedundancy(e, k, r)));
+  }
+  const int64_t slots_per_rank = (e + k) / r;
+  if (slots_per_rank > e) {
+    return Status::Invalid(fmt::format(
+        "{}.num_redundant_experts: {} experts + {} redundant over {} ranks give {} slots per rank, "
+        "more than the {} experts (a rank holds at most one replica of each); nearest valid "
+        "num_redundant_experts: {}",
+        kWrapper, e, k, r, slots_per_rank, e, NearestValidRedundancy(e, k, r)));
+  }
+  if (!config.expert_map_path.empty()) {
+    const std::string where = fmt::format("{}.expert_map_path", kWrapper);
+    StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, experts, ranks);
+    if (!map.ok()) return map.status().WithPrefix(where);
+    const Placement& p = map->placement;
+    if (p.ranks() != ranks || p.slots_per_rank() != slots_per_rank) {
       return Status::Invalid(fmt::format(
-          "{}: expert map has {} ranks x {} slots, the configuration needs {} ranks x {} slots "
-          "({} experts + {} redundant)",
-          c.expert_map_path, map.placement.ranks(), map.placement.slots_per_rank(), ranks,
-          slots_per_rank, experts, c.num_redundant_experts));
+          "{}: {}: expected {} ranks x {} slots per rank ({} experts + {} redundant), found {} "
+          "ranks x {} slots per rank",
+          where, config.expert_map_path, r, slots_per_rank, e, k, p.ranks(), p.slots_per_rank()));
     }
   }
-  return slots_per_rank;
+  return static_cast<int>(slots_per_rank);
 }
 
-std::string RuntimeConfigToJson(const RuntimeConfig& c) {
-  json j = {{"dynamic_eplb", c.dynamic_eplb},
-            {"expert_heat_collection_interval", c.expert_heat_collection_interval},
-            {"algorithm_execution_interval", c.algorithm_execution_interval},
-            {"num_redundant_experts", c.num_redundant_experts},
-            {"expert_map_path", c.expert_map_path},
-            {"expert_map_record_path", c.expert_map_record_path},
-            {"algorithm", c.algorithm},
-            {"max_layers_in_flight", c.max_layers_in_flight},
-            {"imbalance_threshold", c.imbalance_threshold},
-            {"transfer_timeout_ms", c.transfer_timeout_ms}};
-  return json{{"eplb_config", j}}.dump(2);
+std::string RuntimeConfigToJson(const RuntimeConfig& config) {
+  // ordered_json keeps the order of config.h rather than sorting the keys.
+  nlohmann::ordered_json keys;
+  keys["dynamic_eplb"] = config.dynamic_eplb;
+  keys["expert_heat_collection_interval"] = config.expert_heat_collection_interval;
+  keys["algorithm_execution_interval"] = config.algorithm_execution_interval;
+  keys["num_redundant_experts"] = config.num_redundant_experts;
+  keys["expert_map_path"] = config.expert_map_path;
+  keys["expert_map_record_path"] = config.expert_map_record_path;
+  keys["algorithm"] = config.algorithm;
+  keys["max_layers_in_flight"] = config.max_layers_in_flight;
+  keys["imbalance_threshold"] = config.imbalance_threshold;
+  keys["transfer_timeout_ms"] = config.transfer_timeout_ms;
+  nlohmann::ordered_json doc;
+  doc[std::string(kWrapper)] = std::move(keys);
+  // A path that is not valid UTF-8 is written with U+FFFD rather than throwing.
+  return doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 }  // namespace eplb
