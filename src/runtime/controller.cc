@@ -602,6 +602,10 @@ Controller::~Controller() {
 StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& config,
                                                          const ModelInfo& model,
                                                          Communicator* comm) {
+  // spdlog builds its registry on first use; build it here, behind a guard ThreadSanitizer sees,
+  // so controllers of several ranks (threads) logging at once do not race on it.
+  static const bool logging_ready = spdlog::default_logger_raw() != nullptr;
+  (void)logging_ready;
   if (comm == nullptr) return Status::Invalid("controller: no communicator");
   if (model.layers <= 0 || model.layers > kLayerTagSpace) {
     return Status::Invalid(
