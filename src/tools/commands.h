@@ -23,6 +23,7 @@ Action AddValidate(CLI::App& app);
 Action AddConvert(CLI::App& app);
 Action AddStats(CLI::App& app);
 Action AddCheckConfig(CLI::App& app);
+Action AddDemo(CLI::App& app);
 
 // Prints "eplb <command>: <message>" on stderr and returns 1.
 int Fail(const std::string& command, const Status& status);

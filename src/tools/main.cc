@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
   add("convert", "convert an expert map between layouts", eplb::tools::AddConvert);
   add("stats", "per-layer balancedness of a load on a placement", eplb::tools::AddStats);
   add("check-config", "check a runtime configuration (eplb_config)", eplb::tools::AddCheckConfig);
+  add("demo", "a real expert-parallel MoE model on CPU, balanced while it runs",
+      eplb::tools::AddDemo);
   std::vector<std::string> names;
   for (const auto& [sub, action] : actions) names.push_back(sub->get_name());
   if (argc > 1 && argv[1][0] != '-' &&
