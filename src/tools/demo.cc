@@ -367,10 +367,10 @@ Action AddDemo(CLI::App& app) {
   a->engine.layers = 4;
   a->engine.experts = 32;
   a->engine.top_k = 4;
-  a->engine.hidden = 64;
-  a->engine.ffn = 128;
+  a->engine.hidden = 128;
+  a->engine.ffn = 512;
   a->engine.tokens = 128;
-  a->engine.skew = 1.0;
+  a->engine.skew = 1.5;
   app.add_option("--ranks", a->ranks, "ranks")->capture_default_str()->check(CLI::Range(1, 4096));
   app.add_option("--layers", a->engine.layers, "MoE layers")->capture_default_str();
   app.add_option("--experts", a->engine.experts, "experts per layer")->capture_default_str();
