@@ -35,7 +35,9 @@ tsan: deps
 	ctest --test-dir $(BUILD)-tsan --output-on-failure -j $(JOBS) -L runtime -LE mpi
 
 bench: build
-	./$(BUILD)/bench/eplb_bench
+	./$(BUILD)/bench/eplb_algorithms_bench
+	./$(BUILD)/bench/eplb_runtime_bench
+	./$(BUILD)/bench/eplb_movement_report
 
 format:
 	clang-format -i $$(git ls-files '*.h' '*.cc')

@@ -8,11 +8,31 @@
 // rank switches that layer at the same step and publishes a new routing snapshot (epoch + 1).
 //
 // Step-determinism: every collective is started by the forward thread at a step number that is
-// the same on every rank and completed one step later, so every decision that must agree (use
-// this plan, commit this layer, roll it back) is taken at the same step everywhere.
+// the same on every rank, and every decision that must agree (use this plan, skip this cycle,
+// commit this layer, roll it back) is taken from a collective's result at a step number that is
+// the same on every rank, so every rank decides alike at the same step.
+//
+// Timeline of a cycle, in steps (H = expert_heat_collection_interval, A =
+// algorithm_execution_interval): at step g, H steps after the window started, the per-slot loads
+// are all-gathered. The forward thread tests the gather at the following steps and, as soon as it
+// is complete, folds it into per-expert loads with the placement the loads were recorded on and
+// hands them to the worker (it waits for the gather only if it is still incomplete at step
+// g + 1 + A). At step g + 1 + A the ranks all-gather their plan hashes and compare them one step
+// later. All equal: the moves start. A mismatch, or planning that failed on some rank: the cycle
+// is skipped (logged, counted). A plan not ready on some rank (the worker is late): the engine
+// keeps the placement in use, a warning is logged once, and the hashes are compared again every A
+// steps until every plan is there. While weights move, every step runs the commit protocol (see
+// Controller). When every layer is committed or rolled back, the cycle ends (one info log line,
+// the record file) and the next window starts.
+//
+// Static mode (dynamic_eplb false): after each window the worker computes the placement the
+// algorithm proposes for the observed load and writes it to expert_map_record_path; the placement
+// in use never changes. A worker slower than a window skips to the latest window. In dynamic mode
+// the file gets the placement in use after each cycle. Either way it is written atomically
+// (vllm-ascend layout) by the lowest rank of each node, and a run started with expert_map_path
+// set to it starts from it.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -34,7 +54,8 @@ struct ModelInfo {
 };
 
 // An immutable routing snapshot of one layer. The engine may keep it for as long as it likes; the
-// runtime never changes a published snapshot, it publishes a new one.
+// runtime never changes a published snapshot, it publishes a new one. The weights behind it are
+// only guaranteed until the engine's next Step() call, which may commit the layer.
 struct LayerRouting {
   int layer = 0;
   uint64_t epoch = 0;  // 0 for the initial placement, +1 per commit of this layer
@@ -45,75 +66,125 @@ struct LayerRouting {
   std::vector<int> expert_map;  // this rank: logical expert -> local slot, or -1
 };
 
-// Per-cycle and running metrics. A snapshot; safe to copy.
+// Running totals and the last cycle's figures. A snapshot; safe to copy.
+//
+// Balancedness is mean rank load / max rank load of the load observed in the cycle's window (an
+// expert's load split evenly over its replicas); "before" is on the placement the load was
+// recorded under, "after" on the placement in use once the cycle ended (rolled-back layers keep
+// their "before"; in static mode nothing changes, so after == before), "proposed" on the
+// algorithm's placement.
 struct RuntimeMetrics {
-  int64_t cycles = 0;  // cycles whose plan was applied (all layers committed or rolled back)
-  int64_t cycles_skipped = 0;  // plan-hash mismatches and cycles with nothing to change
+  int64_t steps = 0;
+  int64_t cycles = 0;          // load windows that went through planning (and moving, if dynamic)
+  int64_t cycles_skipped = 0;  // plan-hash mismatch or failed planning on some rank
+  int64_t cycles_late = 0;     // some worker missed algorithm_execution_interval
   int64_t layers_committed = 0;
-  int64_t layers_rolled_back = 0;  // a transfer failed or timed out on some rank
-  int64_t slots_changed_total = 0;
-  int64_t bytes_moved_total = 0;          // received by this rank (local copies included)
-  double last_balancedness_before = 1.0;  // of the observed load on the placement in use
-  double last_balancedness_after = 1.0;   // of the same load on the new placement
-  double last_max_mean_ratio = 1.0;       // max / mean rank load before (1 / balancedness)
+  int64_t layers_rolled_back = 0;   // a transfer failed or timed out on some rank
+  int64_t transfers_failed = 0;     // layers whose transfers failed or timed out on this rank
+  int64_t slots_changed_total = 0;  // in committed layers, all ranks
+  int64_t bytes_moved_total = 0;    // received by this rank in committed layers (local copies too)
+  int64_t staging_bytes_peak = 0;   // most staging memory held at once
+  bool disabled = false;  // a collective failed: rebalancing stopped for good (see Step())
+  double last_balancedness_before = 1.0;    // mean over layers
+  double last_balancedness_after = 1.0;     // mean over layers
+  double last_balancedness_proposed = 1.0;  // mean over layers
+  double last_max_mean_ratio = 1.0;         // sum over layers of max rank load / sum of mean, after
   std::vector<double> last_layer_balancedness_before;
   std::vector<double> last_layer_balancedness_after;
   int64_t last_slots_changed = 0;
   int64_t last_bytes_moved = 0;
   double last_algorithm_ms = 0;  // algorithm + transfer planning on the worker
-  double last_transfer_ms = 0;   // from the start of the moves to the last commit
+  double last_transfer_ms = 0;   // from the start of the moves to the last commit or rollback
   double algorithm_seconds_total = 0;
   double transfer_seconds_total = 0;
-  double hook_seconds_total = 0;  // forward-thread time spent in Step() and RecordLoad()
-  int64_t steps = 0;
+  // Forward-thread time spent in Step() and RecordLoad() (RecordLoad sampled: one call in 64 is
+  // timed and counts for 64).
+  double hook_seconds_total = 0;
 };
 
-// Prometheus text exposition of the metrics (eplb_balancedness, eplb_expert_load_balance_ratio,
-// eplb_rebalance_cycles_total, eplb_slots_changed_total, eplb_bytes_moved_total,
-// eplb_algorithm_seconds, eplb_transfer_seconds, ...), labelled with the rank.
+// Prometheus text exposition of the metrics, labelled with the rank: eplb_balancedness (after),
+// eplb_balancedness_before, eplb_layer_balancedness{layer}, eplb_expert_load_balance_ratio
+// (max / mean rank load), eplb_rebalance_cycles_total, eplb_rebalance_cycles_skipped_total,
+// eplb_layers_committed_total, eplb_layers_rolled_back_total, eplb_transfers_failed_total,
+// eplb_slots_changed_total, eplb_bytes_moved_total, eplb_algorithm_seconds and
+// eplb_transfer_seconds (last cycle), eplb_hook_seconds_total, eplb_staging_bytes_peak,
+// eplb_disabled; each with HELP and TYPE lines.
 std::string PrometheusText(const RuntimeMetrics& m, int rank);
 
 // One controller per rank.
 //
-// Threads: the forward thread (the engine's) calls RecordLoad(), Step() and CommitLog(); any thread
-// may call Routing() and Metrics(). The controller owns one background worker thread that runs the
-// algorithm, the planner and the weight moves; the worker never touches a slot that a published
-// snapshot may route to until the forward thread commits the layer. The communicator is not owned
-// and must outlive the controller; the controller is its only user while it lives.
+// Threads: the forward thread (the engine's) calls RegisterExpert(), Start(), RecordLoad(),
+// Step(), CommitLog() and CycleInProgress(); any thread may call Routing(), Metrics() and the const
+// accessors. The controller owns one background worker thread that runs the algorithm, the
+// transfer planner, the weight moves, the per-cycle log line and the map recording. The
+// communicator is not owned, must outlive the controller, and the controller must be its only
+// user while it lives.
+//
+// Memory: the engine owns every slot's memory (RegisterExpert). The worker only reads slots (the
+// sources of sends and local copies, as they are in the placement in use); received experts go to
+// staging buffers that the controller allocates per in-flight layer (at most
+// max_layers_in_flight layers at once) and frees after the layer is committed or rolled back.
+// Slot memory is written only by Step(), on the forward thread, when it commits a layer.
+//
+// Commit protocol: while weights move, every Step() waits for the small all-reduce(min) started
+// by the previous Step() (each rank's per-layer state: 1 ready, 0 not yet, -1 failed), then acts
+// on it identically on every rank: layers ready everywhere are committed (staging -> slots,
+// then a new routing snapshot), failed layers are rolled back (old placement kept), and a new
+// all-reduce is started. A layer is ready on a rank only when all its receives and all its sends
+// on that rank have completed, so no slot is overwritten while a send may still read it.
 class Controller {
  public:
-  // Registers nothing yet: call RegisterExpert() for every (layer, local slot), then Start().
+  // Checks the configuration and the model, resolves slots per rank ((E + K) / ranks) and the
+  // initial placement: expert_map_path when set (checked against the shape; errors name the key,
+  // the file and what was expected), else the default: experts in id order, slot i holding expert
+  // i % E, so the K redundant slots replicate experts 0, 1, ... round-robin and no rank holds an
+  // expert twice. Registers nothing yet: call RegisterExpert() for every (layer, local slot), then
+  // Start().
   static StatusOr<std::unique_ptr<Controller>> Create(const RuntimeConfig& config,
                                                       const ModelInfo& model, Communicator* comm);
+  // Stops the worker (abandoning transfers in flight, after a plan being computed is done); never
+  // waits for other ranks.
   ~Controller();
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
 
+  int rank() const;
   int slots_per_rank() const;
-  // The placement the controller starts from (expert_map_path, or the default: experts in id
-  // order, redundant slots replicating experts round-robin without duplicates on a rank). The
-  // engine loads these experts' weights into its slots before Start().
+  // The placement the controller starts from. The engine loads these experts' weights into its
+  // slots before Start().
   const Placement& initial_placement() const;
 
   // The engine's memory for one expert: all its tensors (weights, quantization scales, ...), as
   // byte spans that stay valid and at the same address for the controller's lifetime. Every slot
-  // of every layer must be registered with the same tensor sizes. They move and commit together.
+  // of every layer must be registered with the same tensor sizes. The tensors move and commit
+  // together.
   Status RegisterExpert(int layer, int local_slot, std::vector<std::span<std::byte>> tensors);
-  // Starts the worker. After this, only the hot-path calls below.
+  // Starts the worker once every slot is registered. After this, only the hot-path calls below.
   Status Start();
 
   // Hot path: tokens per local slot of one layer in this step (the engine's expert_token_num after
-  // dispatch). O(slots), no allocation, no lock.
+  // dispatch). O(slots), no allocation, no lock. A wrong layer or length is reported by the next
+  // Step().
   void RecordLoad(int layer, std::span<const int64_t> tokens_per_local_slot);
-  // The step boundary: advances the cycle (starts or completes a collective, commits layers).
-  // Returns a failure kept from the worker or a collective (sticky, reported once); the
-  // controller keeps running on the placement in use.
+  void RecordLoad(int layer, std::span<const int32_t> tokens_per_local_slot);
+  // The step boundary, once per forward step on every rank: advances the cycle (starts or
+  // completes a collective, commits or rolls back layers). Never waits for the worker or a
+  // transfer. It waits only for a collective that every rank started at an earlier step, at most
+  // transfer_timeout_ms: the previous step's commit all-reduce while weights move, the plan-hash
+  // all-gather at the step after it started, and the load all-gather if it is still incomplete
+  // when plans are due. Returns, once each, a failure kept from
+  // the worker (planning, transfers, map recording), a bad RecordLoad, or a failed collective.
+  // The engine keeps running on the placement in use in every case. A failed collective (a rank
+  // gone or stalled past transfer_timeout_ms) stops rebalancing for good (metrics.disabled):
+  // ranks can no longer be sure they decide alike, and a rank that timed out while others
+  // committed may now route differently from them, which the engine should treat as a failure of
+  // the deployment.
   Status Step();
 
-  // The current routing snapshot of a layer.
+  // The current routing snapshot of a layer (nullptr for a layer out of range).
   std::shared_ptr<const LayerRouting> Routing(int layer) const;
   RuntimeMetrics Metrics() const;
-  // (step, layer, epoch) of every commit so far, in order: ranks must agree on it.
+  // (step, layer, epoch) of every commit so far, in order: all ranks hold the same log.
   struct Commit {
     int64_t step;
     int layer;
@@ -121,7 +192,8 @@ class Controller {
     bool operator==(const Commit&) const = default;
   };
   std::vector<Commit> CommitLog() const;
-  // True while a cycle (gather, plan, moves, commits) is in progress.
+  // True while a cycle (gather, plan, moves, commits) is in progress. Changes only at steps that
+  // are the same on every rank, so ranks that stop stepping when it is false stop together.
   bool CycleInProgress() const;
 
  private:

@@ -1,23 +1,25 @@
-// The per-rank controller: the forward thread's state machine, the worker thread (algorithm,
-// planner, weight moves) and the per-layer commit protocol. See include/eplb/runtime.h.
+// The per-rank controller: the forward thread's state machine (load window, collectives, commit
+// protocol), the worker thread (algorithm, planner, weight moves via the Mover, log lines, map
+// recording) and the public API. See include/eplb/runtime.h for the contract.
 //
 // Ownership and threads:
 //   forward thread  RecordLoad, Step: owns the load window, the phase of the cycle, every
-//                   collective, the placement in use, the commit log; writes slot memory only in
-//                   Commit(), for a layer every rank has declared ready.
-//   worker thread   owns the planner input/output while computing, the staging buffers and the
-//                   point-to-point requests of the moves; reads slot memory (sends, local copies)
-//                   only of the old placement, which no commit changes before it is done.
-//   handoffs        Job/PlanOut/record under mu_; per-layer ready_ (worker -> forward, release /
-//                   acquire) and released_ (forward -> worker) atomics; routing snapshots as
-//                   atomic shared_ptrs.
+//                   collective and its buffers, the placement in use, the epochs, the tag pool
+//                   and the commit log; writes slot memory only when it commits a layer that
+//                   every rank has declared ready.
+//   worker thread   runs jobs handed over under mu: computes plans (reads only the Job it was
+//                   given), runs the Mover on a MovePlan, writes log lines and expert maps.
+//   handoffs        everything under mu (jobs, plans, move orders, reports, metrics, the sticky
+//                   error); per-layer gates inside the Mover (release/acquire); routing snapshots
+//                   as atomic shared_ptrs; steps and hook time as relaxed atomics.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <cstring>
+#include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -26,15 +28,29 @@
 #include "eplb/formats.h"
 #include "eplb/planner.h"
 #include "eplb/runtime.h"
+#include "runtime/internal/mover.h"
 
 namespace eplb {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using runtime_internal::LayerMoves;
+using runtime_internal::LayerState;
+using runtime_internal::MovePlan;
+using runtime_internal::Mover;
+using runtime_internal::MoveSession;
+using runtime_internal::TagPool;
+using runtime_internal::WeightStore;
+
+constexpr const char* kKey = "eplb_config";
 
 double Ms(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
+
+// Plan hashes exchanged by the ranks: 0 means "not computed yet", kPlanFailed "planning failed".
+constexpr uint64_t kPlanNotReady = 0;
+constexpr uint64_t kPlanFailed = ~uint64_t{0};
 
 uint64_t Fnv(uint64_t h, int64_t v) {
   for (int i = 0; i < 8; ++i) {
@@ -44,10 +60,9 @@ uint64_t Fnv(uint64_t h, int64_t v) {
   return h;
 }
 
-// A hash of everything a plan decides; ranks compare it before moving anything. Never 0 (0 means
-// "no plan yet" in the exchange).
-uint64_t PlanHash(const TransferPlan& plan) {
-  uint64_t h = 1469598103934665603ull;
+// A hash of everything a plan decides (final placement, every copy, the cycle it belongs to).
+uint64_t PlanHash(uint64_t cycle, const TransferPlan& plan) {
+  uint64_t h = Fnv(1469598103934665603ull, static_cast<int64_t>(cycle));
   for (int id : plan.final_placement.phy2log()) h = Fnv(h, id);
   for (const ExpertCopy& c : plan.copies) {
     h = Fnv(h, c.layer);
@@ -55,48 +70,77 @@ uint64_t PlanHash(const TransferPlan& plan) {
     h = Fnv(h, (int64_t{c.src_rank} << 32) | c.src_slot);
     h = Fnv(h, (int64_t{c.dst_rank} << 32) | c.dst_slot);
   }
-  return h == 0 ? 1 : h;
+  return h == kPlanNotReady || h == kPlanFailed ? 1 : h;
 }
 
-constexpr int kLayerTagSpace = 4096;  // tag = (cycle % 8) * 4096 + layer
+// Rank-load figures of one layer under one placement.
+struct LayerLoad {
+  double mean = 0;
+  double max = 0;
+  double balancedness() const { return max > 0 ? mean / max : 1.0; }
+};
+
+LayerLoad MeasureLayer(const LoadMatrix& load, const Placement& p, int layer) {
+  const std::vector<double> ranks =
+      RankLoads(load.row(layer), p.layer(layer), p.ranks(), p.slots_per_rank(), p.experts());
+  LayerLoad out;
+  for (double r : ranks) {
+    out.mean += r;
+    out.max = std::max(out.max, r);
+  }
+  out.mean /= static_cast<double>(ranks.size());
+  return out;
+}
+
+double MeanOf(const std::vector<double>& v) {
+  if (v.empty()) return 1.0;
+  double s = 0;
+  for (double x : v) s += x;
+  return s / static_cast<double>(v.size());
+}
+
+Status PositiveKey(const char* key, int value) {
+  if (value > 0) return Status::Ok();
+  return Status::Invalid(fmt::format("{}.{}: expected an integer > 0, got {}", kKey, key, value));
+}
 
 }  // namespace
 
 struct Controller::Impl {
-  enum class Phase { kIdle, kGathering, kPlanning, kHashCheck, kMoving };
-  enum Ready : int64_t { kFailed = -1, kPending = 0, kDone = 1 };
+  enum class Phase { kIdle, kGathering, kPlanning, kHashCheck, kMoving, kDisabled };
 
   // What the worker gets at the end of a load window.
   struct Job {
     uint64_t cycle = 0;
-    LoadMatrix load;
+    LoadMatrix load;  // per logical expert, folded on the placement the loads were recorded on
     Placement old;
   };
-  // What the worker hands back.
+  // What the worker hands back (dynamic mode). The forward thread takes it over whole.
   struct PlanOut {
     uint64_t cycle = 0;
-    TransferPlan plan;
-    uint64_t hash = 0;
+    uint64_t hash = kPlanNotReady;
+    Placement final_placement;
+    MovePlan moves;  // tags not assigned yet
     double algorithm_ms = 0;
-    std::vector<double> before, after;  // per-layer balancedness of the observed load
-    double max_mean = 1;
-    // Per layer: the indices into plan.copies of the copies this rank receives, in plan order.
-    std::vector<std::vector<int>> incoming;
-    std::vector<char> layer_changes;  // any copy at all in the layer (on any rank)
+    std::vector<LayerLoad> before, after;  // per layer, the observed load on old / final
+  };
+  // Something for the worker to do besides planning: a log line, a map to record.
+  struct Report {
+    std::string line;
+    std::optional<Placement> record;
   };
 
+  // ---- fixed after Create / Start (any thread reads) ----
   RuntimeConfig cfg;
-  ModelInfo model;
   Communicator* comm = nullptr;
   Shape shape;
   int rank = 0;
-  int S = 0;  // slots per rank
+  int S = 0;             // slots per rank
+  bool records = false;  // this rank writes expert_map_record_path (lowest rank of its node)
   std::unique_ptr<Balancer> balancer;
-
-  // Engine memory per (layer, local slot): the expert's tensors.
-  std::vector<std::vector<std::span<std::byte>>> tensors;
-  std::vector<size_t> tensor_bytes;
-  size_t expert_bytes = 0;
+  Placement initial;
+  std::unique_ptr<WeightStore> weights;
+  std::unique_ptr<Mover> mover;
   bool started = false;
 
   // ---- forward thread ----
@@ -107,18 +151,24 @@ struct Controller::Impl {
   int64_t window_start = 0;
   Phase phase = Phase::kIdle;
   uint64_t cycle = 0;
-  int64_t deadline = 0;     // gather: wait step; planning: hash-exchange step
-  int64_t gather_step = 0;  // step at which the cycle's loads were gathered
-  Request request;          // the one collective in flight
+  int64_t deadline = 0;  // gathering and planning: the step at which ranks compare plans
+  bool warned_late = false;
+  Request request;  // the one collective in flight
   std::vector<int64_t> gather_send, gather_recv;
   uint64_t hash_send = 0;
   std::vector<uint64_t> hash_recv;
   std::vector<int64_t> agree_send, agree_recv;
-  std::vector<char> finished;             // per layer, during a move
-  std::shared_ptr<const PlanOut> moving;  // the plan being moved (shared with the worker)
+  std::shared_ptr<PlanOut> moving;       // the plan being moved
+  std::shared_ptr<MoveSession> session;  // its moves, shared with the worker
+  std::vector<int> outcome;    // per layer: 0 open / unchanged, 1 committed, -1 rolled back
+  std::vector<char> finished;  // per layer, during a move
   Clock::time_point move_start;
   std::vector<Commit> commits;
+  TagPool tags;
   Status input_error;  // a bad RecordLoad, reported by the next Step
+  uint32_t record_calls = 0;
+  std::atomic<int64_t> steps{0};
+  std::atomic<int64_t> hook_ns{0};
 
   // ---- routing snapshots (any thread reads) ----
   std::unique_ptr<std::atomic<std::shared_ptr<const LayerRouting>>[]> routing;
@@ -128,19 +178,15 @@ struct Controller::Impl {
   std::condition_variable cv;
   bool stop = false;
   std::optional<Job> job;
-  std::shared_ptr<const PlanOut> plan_out;    // latest finished plan
-  std::shared_ptr<const PlanOut> move_order;  // set by the forward thread: move this plan
-  std::optional<Placement> record;            // placement to write to expert_map_record_path
-  Status sticky;                              // first failure of the worker, reported once
+  std::shared_ptr<PlanOut> plan_out;        // latest finished plan (dynamic mode)
+  std::shared_ptr<MoveSession> move_order;  // move this session
+  std::deque<Report> reports;
+  Status sticky;                        // first failure of the worker not yet reported
+  std::atomic<bool> has_sticky{false};  // sticky is set (lets Step skip the lock)
   RuntimeMetrics metrics;
   std::thread worker;
 
-  // ---- move state (worker writes, forward reads) ----
-  std::unique_ptr<std::atomic<int64_t>[]> ready;
-  std::unique_ptr<std::atomic<int>[]> released;
-  std::vector<std::vector<std::byte>> staging;  // worker-owned; forward reads a layer once ready
-
-  // ---------------------------------------------------------------- setup
+  // ---------------------------------------------------------------- shared helpers
   void Publish(int l) {
     auto r = std::make_shared<LayerRouting>();
     r->layer = l;
@@ -154,12 +200,46 @@ struct Controller::Impl {
     routing[l].store(std::move(r), std::memory_order_release);
   }
 
-  void Fail(Status s) {
+  // Any thread, mu not held.
+  void KeepError(Status s) {
     std::lock_guard lock(mu);
-    if (sticky.ok()) sticky = std::move(s);
+    KeepErrorLocked(std::move(s));
+  }
+  void KeepErrorLocked(Status s) {
+    if (sticky.ok()) {
+      sticky = std::move(s);
+      has_sticky.store(true, std::memory_order_release);
+    }
   }
 
   // ---------------------------------------------------------------- forward thread
+  void AddHookTime(Clock::time_point since, int64_t weight = 1) {
+    const int64_t ns =
+        weight * std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since).count();
+    hook_ns.store(hook_ns.load(std::memory_order_relaxed) + ns, std::memory_order_relaxed);
+  }
+
+  // RecordLoad's time is sampled: one call in kRecordSample is timed and counts for
+  // kRecordSample calls, so the clock does not cost more than the loop it measures.
+  static constexpr uint32_t kRecordSample = 64;
+
+  template <typename T>
+  void Record(int layer, std::span<const T> tokens) {
+    const bool timed = record_calls++ % kRecordSample == 0;
+    const auto t0 = timed ? Clock::now() : Clock::time_point();
+    if (layer < 0 || layer >= shape.layers || static_cast<int>(tokens.size()) != S) {
+      if (input_error.ok()) {
+        input_error = Status::Invalid(fmt::format(
+            "RecordLoad: layer {} with {} counts; expected a layer in [0, {}) and {} counts", layer,
+            tokens.size(), shape.layers, S));
+      }
+      return;
+    }
+    int64_t* w = &window[static_cast<size_t>(layer) * S];
+    for (int s = 0; s < S; ++s) w[s] += tokens[s];
+    if (timed) AddHookTime(t0, kRecordSample);
+  }
+
   Status StepImpl() {
     ++step;
     switch (phase) {
@@ -167,57 +247,104 @@ struct Controller::Impl {
         if (step - window_start >= cfg.expert_heat_collection_interval) return StartGather();
         return Status::Ok();
       case Phase::kGathering:
-        return step >= deadline ? FinishGather() : Status::Ok();
+        return AdvanceGather();
       case Phase::kPlanning:
         return step >= deadline ? StartHashExchange() : Status::Ok();
       case Phase::kHashCheck:
-        return FinishHashExchange();
+        return step >= deadline ? FinishHashExchange() : Status::Ok();
       case Phase::kMoving:
         return AdvanceMove();
+      case Phase::kDisabled:
+        return Status::Ok();
     }
     return Status::Ok();
   }
 
-  Status Collective(StatusOr<Request> r) {
-    if (!r.ok()) return r.status();
-    request = std::move(*r);
-    return Status::Ok();
-  }
-  Status WaitCollective(const char* what) {
-    Status s = comm->Wait(request, std::chrono::milliseconds(cfg.transfer_timeout_ms));
-    request.reset();
-    if (!s.ok()) {
-      phase = Phase::kIdle;
-      ResetWindow();
-      return s.WithPrefix(fmt::format("rank {}: {}", rank, what));
-    }
-    return s;
-  }
   void ResetWindow() {
     std::fill(window.begin(), window.end(), 0);
     window_start = step;
   }
 
+  // A collective could not be started or finished: ranks may now decide differently, so stop
+  // rebalancing for good. Layers in flight are rolled back here (their staging is released).
+  Status Disable(Status why, const char* what) {
+    request.reset();
+    if (phase == Phase::kMoving) {
+      for (int l = 0; l < shape.layers; ++l) {
+        if (!finished[l]) RollBackLayer(l, /*agreed=*/false);
+      }
+      EndMove();
+    }
+    phase = Phase::kDisabled;
+    {
+      std::lock_guard lock(mu);
+      metrics.disabled = true;
+    }
+    Status s = why.WithPrefix(fmt::format("rank {}: step {}: {}", rank, step, what));
+    spdlog::error("eplb {}; rebalancing stopped, the placement in use is kept", s.ToString());
+    return s;
+  }
+
+  Status Launch(StatusOr<Request> r, const char* what) {
+    if (!r.ok()) return Disable(r.status(), what);
+    request = std::move(*r);
+    return Status::Ok();
+  }
+  Status Await(const char* what) {
+    Status s = comm->Wait(request, std::chrono::milliseconds(cfg.transfer_timeout_ms));
+    if (!s.ok()) return Disable(s, what);
+    request.reset();
+    return Status::Ok();
+  }
+
   Status StartGather() {
     gather_send = window;
     ResetWindow();
-    deadline = step + 1;
+    deadline = step + 1 + cfg.algorithm_execution_interval;  // when ranks compare plans
     phase = Phase::kGathering;
-    return Collective(comm->IAllGather(std::as_bytes(std::span(gather_send)),
-                                       std::as_writable_bytes(std::span(gather_recv))));
+    return Launch(comm->IAllGather(std::as_bytes(std::span(gather_send)),
+                                   std::as_writable_bytes(std::span(gather_recv))),
+                  "load all-gather");
   }
 
-  Status FinishGather() {
-    EPLB_RETURN_IF_ERROR(WaitCollective("load all-gather"));
-    // Fold per-slot loads into per-logical-expert loads with the placement they were recorded on.
+  // Each step after the gather started: hand the load to the worker as soon as the gather is
+  // complete here (ranks may see it at different steps; only local work depends on it); at the
+  // deadline, wait for it if it is still incomplete, then compare plans (dynamic) or end the cycle
+  // (static), at the same step on every rank.
+  Status AdvanceGather() {
+    if (request) {
+      StatusOr<bool> done = comm->Test(request);
+      if (!done.ok()) return Disable(done.status(), "load all-gather");
+      if (*done) {
+        request.reset();
+        HandOverLoad();
+      }
+    }
+    if (step < deadline) return Status::Ok();
+    if (request) {
+      EPLB_RETURN_IF_ERROR(Await("load all-gather"));
+      HandOverLoad();
+    }
+    if (!cfg.dynamic_eplb) {
+      phase = Phase::kIdle;  // static mode: the worker records its proposal, nothing moves
+      return Status::Ok();
+    }
+    warned_late = false;
+    return StartHashExchange();
+  }
+
+  // Folds the gathered per-slot loads into per-logical-expert loads with the placement they were
+  // recorded on (no layer commits between the start of a window and its gather) and hands them to
+  // the worker.
+  void HandOverLoad() {
     Job j;
     j.cycle = ++cycle;
     j.load = LoadMatrix(shape.layers, shape.experts);
     for (int r = 0; r < shape.ranks; ++r) {
       for (int l = 0; l < shape.layers; ++l) {
+        const int64_t* tokens = &gather_recv[(static_cast<size_t>(r) * shape.layers + l) * S];
         for (int s = 0; s < S; ++s) {
-          const int64_t tokens = gather_recv[(static_cast<size_t>(r) * shape.layers + l) * S + s];
-          j.load.at(l, placement.at(l, r, s)) += static_cast<double>(tokens);
+          j.load.at(l, placement.at(l, r, s)) += static_cast<double>(tokens[s]);
         }
       }
     }
@@ -228,40 +355,51 @@ struct Controller::Impl {
       plan_out.reset();
     }
     cv.notify_all();
-    if (!cfg.dynamic_eplb) {
-      phase = Phase::kIdle;  // static mode: the worker records its proposal, nothing moves
-      return Status::Ok();
-    }
-    gather_step = step;
-    deadline = step + cfg.algorithm_execution_interval;
-    phase = Phase::kPlanning;
-    return Status::Ok();
   }
 
   Status StartHashExchange() {
     {
       std::lock_guard lock(mu);
-      hash_send = plan_out && plan_out->cycle == cycle ? plan_out->hash : 0;
+      hash_send = plan_out && plan_out->cycle == cycle ? plan_out->hash : kPlanNotReady;
     }
     deadline = step + 1;
     phase = Phase::kHashCheck;
-    return Collective(comm->IAllGather(std::as_bytes(std::span(&hash_send, 1)),
-                                       std::as_writable_bytes(std::span(hash_recv))));
+    return Launch(comm->IAllGather(std::as_bytes(std::span(&hash_send, 1)),
+                                   std::as_writable_bytes(std::span(hash_recv))),
+                  "plan-hash all-gather");
+  }
+
+  void SkipCycle() {
+    {
+      std::lock_guard lock(mu);
+      ++metrics.cycles_skipped;
+      plan_out.reset();
+    }
+    phase = Phase::kIdle;
+    ResetWindow();
   }
 
   Status FinishHashExchange() {
-    if (step < deadline) return Status::Ok();
-    EPLB_RETURN_IF_ERROR(WaitCollective("plan-hash exchange"));
-    const bool all_ready =
-        std::none_of(hash_recv.begin(), hash_recv.end(), [](uint64_t h) { return h == 0; });
-    if (!all_ready) {
-      // Some worker is late: every rank sees the same gathered hashes, so every rank retries at
-      // the same step.
-      if (deadline - gather_step <= cfg.algorithm_execution_interval + 1) {  // once per cycle
+    EPLB_RETURN_IF_ERROR(Await("plan-hash all-gather"));
+    // Every rank sees the same hashes, so every rank takes the same branch at the same step.
+    for (int r = 0; r < shape.ranks; ++r) {
+      if (hash_recv[r] == kPlanFailed) {
+        spdlog::error("eplb rank {}: cycle {}: planning failed on rank {}; cycle skipped", rank,
+                      cycle, r);
+        SkipCycle();
+        return Status::Ok();
+      }
+    }
+    if (std::find(hash_recv.begin(), hash_recv.end(), kPlanNotReady) != hash_recv.end()) {
+      // Some worker is late: the plan lands later; the engine keeps the placement in use.
+      if (!warned_late) {
+        warned_late = true;
         spdlog::warn(
-            "eplb rank {}: cycle {}: some rank's plan is not ready after {} steps; the cycle "
-            "waits for it (the engine keeps running on the placement in use)",
-            rank, cycle, cfg.algorithm_execution_interval);
+            "eplb rank {}: cycle {}: a plan is not ready {} steps after the gather "
+            "(algorithm_execution_interval); ranks compare again every {} steps",
+            rank, cycle, cfg.algorithm_execution_interval, cfg.algorithm_execution_interval);
+        std::lock_guard lock(mu);
+        ++metrics.cycles_late;
       }
       deadline = step + cfg.algorithm_execution_interval;
       phase = Phase::kPlanning;
@@ -271,29 +409,38 @@ struct Controller::Impl {
         hash_recv.end()) {
       spdlog::error("eplb rank {}: cycle {}: ranks computed different plans; cycle skipped", rank,
                     cycle);
-      std::lock_guard lock(mu);
-      ++metrics.cycles_skipped;
-      phase = Phase::kIdle;
-      ResetWindow();
+      SkipCycle();
       return Status::Ok();
     }
-    std::shared_ptr<const PlanOut> plan;
+    std::shared_ptr<PlanOut> plan;
     {
       std::lock_guard lock(mu);
-      plan = plan_out;
+      plan = std::move(plan_out);
     }
-    moving = plan;
-    finished.assign(shape.layers, 1);
-    for (int l = 0; l < shape.layers; ++l) {
-      finished[l] = !plan->layer_changes[l];
-      ready[l].store(kPending, std::memory_order_relaxed);
-      released[l].store(0, std::memory_order_relaxed);
+    if (!plan || plan->cycle != cycle || plan->hash != hash_send) {  // cannot happen
+      return Disable(Status::Internal(fmt::format("cycle {}: the agreed plan is missing", cycle)),
+                     "starting the moves");
     }
+    // Assign tags (identically on every rank) and hand the moves to the worker.
+    int moving_layers = 0;
+    for (const LayerMoves& lm : plan->moves.layers) moving_layers += lm.copies.empty() ? 0 : 1;
+    if (moving_layers > tags.usable()) {
+      return Disable(Status::Internal(fmt::format("{} layers to move but only {} message tags "
+                                                  "are left unpoisoned by rollbacks",
+                                                  moving_layers, tags.usable())),
+                     "assigning tags");
+    }
+    MovePlan moves = std::move(plan->moves);
+    for (LayerMoves& lm : moves.layers) lm.tag = lm.copies.empty() ? -1 : tags.Next();
+    moving = std::move(plan);
+    session = std::make_shared<MoveSession>(std::move(moves));
+    outcome.assign(shape.layers, 0);
+    for (int l = 0; l < shape.layers; ++l) finished[l] = session->plan().layers[l].tag < 0;
     move_start = Clock::now();
     phase = Phase::kMoving;
     {
       std::lock_guard lock(mu);
-      move_order = plan;
+      move_order = session;
     }
     cv.notify_all();
     return AdvanceMove();
@@ -302,13 +449,13 @@ struct Controller::Impl {
   // Each step while moving: act on the agreement started last step, then start the next one.
   Status AdvanceMove() {
     if (request) {
-      EPLB_RETURN_IF_ERROR(WaitCollective("commit agreement"));
+      EPLB_RETURN_IF_ERROR(Await("commit all-reduce"));
       for (int l = 0; l < shape.layers; ++l) {
         if (finished[l]) continue;
-        if (agree_recv[l] == kDone) {
+        if (agree_recv[l] == runtime_internal::kReady) {
           CommitLayer(l);
-        } else if (agree_recv[l] == kFailed) {
-          RollBackLayer(l);
+        } else if (agree_recv[l] == runtime_internal::kFailed) {
+          RollBackLayer(l, /*agreed=*/true);
         }
       }
     }
@@ -316,273 +463,256 @@ struct Controller::Impl {
       return FinishCycle();
     }
     for (int l = 0; l < shape.layers; ++l) {
-      agree_send[l] = finished[l] ? kDone : ready[l].load(std::memory_order_acquire);
+      agree_send[l] = finished[l] ? runtime_internal::kReady : session->state(l);
     }
-    return Collective(comm->IAllReduce(std::span<const int64_t>(agree_send),
-                                       std::span<int64_t>(agree_recv), ReduceOp::kMin));
+    return Launch(comm->IAllReduce(std::span<const int64_t>(agree_send),
+                                   std::span<int64_t>(agree_recv), ReduceOp::kMin),
+                  "commit all-reduce");
   }
 
   void CommitLayer(int l) {
-    const PlanOut& p = *moving;
-    const std::vector<std::byte>& stage = staging[l];
-    for (size_t i = 0; i < p.incoming[l].size(); ++i) {
-      const ExpertCopy& c = p.plan.copies[p.incoming[l][i]];
-      size_t offset = i * expert_bytes;
-      for (std::span<std::byte> t : tensors[static_cast<size_t>(l) * S + c.dst_slot]) {
-        std::memcpy(t.data(), stage.data() + offset, t.size());
-        offset += t.size();
-      }
+    const LayerMoves& lm = session->plan().layers[l];
+    const std::vector<std::byte>& stage = session->Staging(l);
+    const size_t expert_bytes = weights->expert_bytes();
+    for (size_t i = 0; i < lm.incoming.size(); ++i) {
+      weights->Scatter(stage.data() + i * expert_bytes, l, lm.copies[lm.incoming[i]].dst_slot);
     }
-    for (int s = 0; s < shape.slots(); ++s) {
-      placement.layer(l)[s] = p.plan.final_placement.layer(l)[s];
-    }
+    std::span<const int> next = moving->final_placement.layer(l);
+    std::copy(next.begin(), next.end(), placement.layer(l).begin());
     ++epoch[l];
     Publish(l);
     commits.push_back({step, l, epoch[l]});
     finished[l] = 1;
-    released[l].store(1, std::memory_order_release);
+    outcome[l] = 1;
+    session->Release(l);
     std::lock_guard lock(mu);
     ++metrics.layers_committed;
   }
 
-  void RollBackLayer(int l) {
-    spdlog::error("eplb rank {}: cycle {}: layer {} transfers failed on some rank; rolled back",
-                  rank, cycle, l);
+  // `agreed`: every rank rolls the layer back at this step (else only this rank, see Disable).
+  void RollBackLayer(int l, bool agreed) {
+    if (agreed) {
+      spdlog::error(
+          "eplb rank {}: cycle {}: layer {}: transfers failed or timed out on some "
+          "rank; rolled back on every rank",
+          rank, cycle, l);
+    }
+    tags.Poison(session->plan().layers[l].tag);
     finished[l] = 1;
-    released[l].store(1, std::memory_order_release);
+    outcome[l] = -1;
+    const bool failed_here = session->state(l) == runtime_internal::kFailed;
+    session->Release(l);
     std::lock_guard lock(mu);
     ++metrics.layers_rolled_back;
+    if (failed_here) ++metrics.transfers_failed;
+  }
+
+  void EndMove() {
+    {
+      std::lock_guard lock(mu);
+      move_order.reset();
+    }
+    moving.reset();
+    session.reset();
   }
 
   Status FinishCycle() {
     const PlanOut& p = *moving;
     const double transfer_ms = Ms(move_start, Clock::now());
-    int64_t received = 0;
-    for (const auto& in : p.incoming) received += static_cast<int64_t>(in.size());
+    const int64_t expert_bytes = static_cast<int64_t>(weights->expert_bytes());
+    std::vector<double> before(shape.layers), after(shape.layers);
+    double sum_max = 0, sum_mean = 0, proposed = 0;
+    int64_t slots_changed = 0, bytes = 0, committed = 0, rolled_back = 0;
+    for (int l = 0; l < shape.layers; ++l) {
+      const bool applied = outcome[l] == 1;
+      const LayerLoad& now = applied ? p.after[l] : p.before[l];
+      before[l] = p.before[l].balancedness();
+      after[l] = now.balancedness();
+      proposed += p.after[l].balancedness();
+      sum_max += now.max;
+      sum_mean += now.mean;
+      committed += applied;
+      rolled_back += outcome[l] == -1;
+      if (applied) {
+        slots_changed += session->plan().layers[l].slots_changed;
+        bytes += static_cast<int64_t>(session->plan().layers[l].incoming.size()) * expert_bytes;
+      }
+    }
+    Report report;
     {
       std::lock_guard lock(mu);
       RuntimeMetrics& m = metrics;
       ++m.cycles;
-      m.last_layer_balancedness_before = p.before;
-      m.last_layer_balancedness_after = p.after;
-      m.last_balancedness_before = Mean(p.before);
-      m.last_balancedness_after = Mean(p.after);
-      m.last_max_mean_ratio = p.max_mean;
-      m.last_slots_changed = p.plan.slots_changed;
-      m.last_bytes_moved = received * static_cast<int64_t>(expert_bytes);
-      m.slots_changed_total += m.last_slots_changed;
-      m.bytes_moved_total += m.last_bytes_moved;
+      m.last_layer_balancedness_before = std::move(before);
+      m.last_layer_balancedness_after = std::move(after);
+      m.last_balancedness_before = MeanOf(m.last_layer_balancedness_before);
+      m.last_balancedness_after = MeanOf(m.last_layer_balancedness_after);
+      m.last_balancedness_proposed = proposed / shape.layers;
+      m.last_max_mean_ratio = sum_mean > 0 ? sum_max / sum_mean : 1.0;
+      m.last_slots_changed = slots_changed;
+      m.last_bytes_moved = bytes;
+      m.slots_changed_total += slots_changed;
+      m.bytes_moved_total += bytes;
       m.last_algorithm_ms = p.algorithm_ms;
       m.last_transfer_ms = transfer_ms;
       m.transfer_seconds_total += transfer_ms / 1000;
-      if (!cfg.expert_map_record_path.empty()) record = placement;
-      move_order.reset();
-      spdlog::info(
-          "eplb rank {}: cycle {}: balancedness {:.4f} -> {:.4f}, {} slots changed, {:.1f} MiB "
-          "received, algorithm {:.1f} ms, transfers {:.1f} ms, {} layers rolled back so far",
-          rank, cycle, m.last_balancedness_before, m.last_balancedness_after, m.last_slots_changed,
-          m.last_bytes_moved / 1048576.0, m.last_algorithm_ms, transfer_ms, m.layers_rolled_back);
+      report.line = fmt::format(
+          "eplb rank {}: cycle {}: balancedness {:.4f} -> {:.4f} (proposed {:.4f}), {} layers "
+          "committed, {} rolled back, {} slots changed, {:.2f} MiB received, algorithm {:.1f} "
+          "ms, transfers {:.1f} ms",
+          rank, cycle, m.last_balancedness_before, m.last_balancedness_after,
+          m.last_balancedness_proposed, committed, rolled_back, slots_changed, bytes / 1048576.0,
+          p.algorithm_ms, transfer_ms);
+      if (records && !cfg.expert_map_record_path.empty()) report.record = placement;
+      reports.push_back(std::move(report));
     }
     cv.notify_all();
-    moving.reset();
+    EndMove();
     phase = Phase::kIdle;
     ResetWindow();  // loads of this window were recorded on a changing placement
     return Status::Ok();
   }
 
-  static double Mean(const std::vector<double>& v) {
-    if (v.empty()) return 1.0;
-    double s = 0;
-    for (double x : v) s += x;
-    return s / static_cast<double>(v.size());
-  }
-
   // ---------------------------------------------------------------- worker thread
   void WorkerLoop() {
-    std::shared_ptr<const PlanOut> moved;  // the last plan moved; each is moved once
     std::unique_lock lock(mu);
     while (true) {
-      cv.wait(lock, [&] { return stop || job || record || (move_order && move_order != moved); });
-      if (stop && !record) return;  // a pending record is still written: nothing is lost
-      if (job && !stop) {
+      cv.wait(lock, [&] { return stop || job || move_order || !reports.empty(); });
+      if (!reports.empty()) {  // written even when stopping: nothing recorded is lost
+        Report r = std::move(reports.front());
+        reports.pop_front();
+        lock.unlock();
+        spdlog::info("{}", r.line);
+        Status s =
+            r.record ? WriteExpertMap(cfg.expert_map_record_path, *r.record, MapFormat::kVllmAscend)
+                     : Status::Ok();
+        lock.lock();
+        if (!s.ok()) KeepErrorLocked(s.WithPrefix(fmt::format("rank {}: recording", rank)));
+      } else if (stop) {
+        return;
+      } else if (job) {
         Job j = std::move(*job);
         job.reset();
         lock.unlock();
-        auto out = ComputePlan(std::move(j));
-        lock.lock();
-        if (out.ok()) {
-          plan_out = std::move(*out);
-        } else if (sticky.ok()) {
-          sticky = out.status();
+        if (cfg.dynamic_eplb) {
+          std::shared_ptr<PlanOut> out = PlanDynamic(j);
+          lock.lock();
+          plan_out = std::move(out);
+        } else {
+          ProposeStatic(j);
+          lock.lock();
         }
-      } else if (record) {
-        Placement p = std::move(*record);
-        record.reset();
+      } else if (move_order) {
+        std::shared_ptr<MoveSession> order = move_order;
         lock.unlock();
-        Status s = WriteExpertMap(cfg.expert_map_record_path, p, MapFormat::kVllmAscend);
+        mover->Run(
+            *order,
+            [this, &order] {
+              std::lock_guard l(mu);
+              return stop || move_order != order;
+            },
+            [this](Status s) {
+              spdlog::error("eplb {}", s.ToString());
+              KeepError(std::move(s));
+            });
         lock.lock();
-        if (!s.ok() && sticky.ok()) sticky = s;
-      } else if (!stop) {
-        moved = move_order;
-        lock.unlock();
-        Move(*moved);
-        lock.lock();
+        if (move_order == order) move_order.reset();
       }
     }
   }
 
-  StatusOr<std::shared_ptr<const PlanOut>> ComputePlan(Job j) {
+  // Algorithm + transfer planning; per-layer rank loads of the observed load before and after.
+  StatusOr<std::shared_ptr<PlanOut>> ComputePlan(const Job& j) {
     const auto t0 = Clock::now();
     EPLB_ASSIGN_OR_RETURN(BalanceResult result, balancer->Balance({&j.load, shape, &j.old}));
     EPLB_ASSIGN_OR_RETURN(
         TransferPlan plan,
-        PlanTransfers(j.old, result.placement, shape,
-                      {.keep_slots = true, .expert_bytes = static_cast<int64_t>(expert_bytes)}));
+        PlanTransfers(
+            j.old, result.placement, shape,
+            {.keep_slots = true, .expert_bytes = static_cast<int64_t>(weights->expert_bytes())}));
     auto out = std::make_shared<PlanOut>();
     out->cycle = j.cycle;
-    out->algorithm_ms = Ms(t0, Clock::now());
-    out->before = Balancedness(j.load, j.old);
-    out->after = Balancedness(j.load, plan.final_placement);
-    double worst = 1.0;
-    for (double b : out->before) worst = std::min(worst, b);
-    out->max_mean = worst > 0 ? 1.0 / worst : 0.0;
-    out->incoming.assign(shape.layers, {});
-    out->layer_changes.assign(shape.layers, 0);
-    for (size_t i = 0; i < plan.copies.size(); ++i) {
-      const ExpertCopy& c = plan.copies[i];
-      out->layer_changes[c.layer] = 1;
-      if (c.dst_rank == rank) out->incoming[c.layer].push_back(static_cast<int>(i));
+    out->hash = PlanHash(j.cycle, plan);
+    out->moves.cycle = j.cycle;
+    out->moves.layers.resize(shape.layers);
+    for (const ExpertCopy& c : plan.copies) {
+      LayerMoves& lm = out->moves.layers[c.layer];
+      if (c.dst_rank == rank) lm.incoming.push_back(static_cast<int>(lm.copies.size()));
+      if (!c.local) ++lm.slots_changed;
+      lm.copies.push_back(c);
     }
-    out->hash = PlanHash(plan);
+    for (int l = 0; l < shape.layers; ++l) {
+      out->before.push_back(MeasureLayer(j.load, j.old, l));
+      out->after.push_back(MeasureLayer(j.load, plan.final_placement, l));
+    }
+    out->final_placement = std::move(plan.final_placement);
+    out->algorithm_ms = Ms(t0, Clock::now());
+    return out;
+  }
+
+  std::shared_ptr<PlanOut> PlanDynamic(const Job& j) {
+    StatusOr<std::shared_ptr<PlanOut>> out = ComputePlan(j);
+    if (!out.ok()) {
+      Status s = out.status().WithPrefix(fmt::format("rank {}: cycle {}: planning", rank, j.cycle));
+      spdlog::error("eplb {}", s.ToString());
+      KeepError(s);
+      auto failed = std::make_shared<PlanOut>();
+      failed->cycle = j.cycle;
+      failed->hash = kPlanFailed;  // every rank skips the cycle
+      return failed;
+    }
+    std::lock_guard lock(mu);
+    metrics.algorithm_seconds_total += (*out)->algorithm_ms / 1000;
+    return std::move(*out);
+  }
+
+  // Static mode: the proposal for the observed load, recorded; the placement in use stays.
+  void ProposeStatic(const Job& j) {
+    StatusOr<std::shared_ptr<PlanOut>> out = ComputePlan(j);
+    if (!out.ok()) {
+      KeepError(out.status().WithPrefix(fmt::format("rank {}: cycle {}: planning", rank, j.cycle)));
+      return;
+    }
+    const PlanOut& p = **out;
+    Status written = Status::Ok();
+    if (records && !cfg.expert_map_record_path.empty()) {
+      written =
+          WriteExpertMap(cfg.expert_map_record_path, p.final_placement, MapFormat::kVllmAscend);
+    }
+    std::vector<double> before, proposed;
+    double sum_max = 0, sum_mean = 0;
+    int64_t would_change = 0;
+    for (int l = 0; l < shape.layers; ++l) {
+      before.push_back(p.before[l].balancedness());
+      proposed.push_back(p.after[l].balancedness());
+      sum_max += p.before[l].max;
+      sum_mean += p.before[l].mean;
+      would_change += p.moves.layers[l].slots_changed;
+    }
+    const double mean_before = MeanOf(before);
+    const double mean_proposed = MeanOf(proposed);
     {
       std::lock_guard lock(mu);
-      metrics.algorithm_seconds_total += out->algorithm_ms / 1000;
-      if (!cfg.dynamic_eplb) {
-        // Static mode: record the proposal for the load observed on the unchanged placement.
-        metrics.last_layer_balancedness_before = out->before;
-        metrics.last_layer_balancedness_after = out->after;
-        metrics.last_balancedness_before = Mean(out->before);
-        metrics.last_balancedness_after = Mean(out->after);
-        metrics.last_algorithm_ms = out->algorithm_ms;
-      }
+      RuntimeMetrics& m = metrics;
+      ++m.cycles;
+      m.last_layer_balancedness_before = before;
+      m.last_layer_balancedness_after = std::move(before);
+      m.last_balancedness_before = m.last_balancedness_after = mean_before;
+      m.last_balancedness_proposed = mean_proposed;
+      m.last_max_mean_ratio = sum_mean > 0 ? sum_max / sum_mean : 1.0;
+      m.last_slots_changed = 0;
+      m.last_bytes_moved = 0;
+      m.last_algorithm_ms = p.algorithm_ms;
+      m.last_transfer_ms = 0;
+      m.algorithm_seconds_total += p.algorithm_ms / 1000;
     }
-    if (!cfg.dynamic_eplb && !cfg.expert_map_record_path.empty()) {
-      EPLB_RETURN_IF_ERROR(
-          WriteExpertMap(cfg.expert_map_record_path, plan.final_placement, MapFormat::kVllmAscend));
-    }
-    out->plan = std::move(plan);
-    return std::shared_ptr<const PlanOut>(std::move(out));
-  }
-
-  // Moves the plan's layers, at most max_layers_in_flight at a time, until the forward thread has
-  // committed or rolled back every layer (or the controller stops).
-  void Move(const PlanOut& p) {
-    struct InFlight {
-      int layer = 0;
-      std::vector<Request> requests;
-      Clock::time_point start;
-    };
-    const int tag_base = static_cast<int>(p.cycle % 8) * kLayerTagSpace;
-    std::vector<InFlight> flight;
-    int next_layer = 0;
-    auto stopping = [&] {
-      std::lock_guard lock(mu);
-      return stop;
-    };
-    while (!stopping()) {
-      // Free the staging of layers the forward thread is done with.
-      std::erase_if(flight, [&](InFlight& f) {
-        if (!released[f.layer].load(std::memory_order_acquire)) return false;
-        f.requests.clear();  // cancels whatever a failed layer left pending
-        std::vector<std::byte>().swap(staging[f.layer]);
-        return true;
-      });
-      // Start layers while there is room.
-      while (static_cast<int>(flight.size()) < cfg.max_layers_in_flight &&
-             next_layer < shape.layers) {
-        const int l = next_layer++;
-        if (!p.layer_changes[l]) continue;
-        InFlight f{l, {}, Clock::now()};
-        if (Status s = StartLayer(p, l, tag_base + l, &f.requests); !s.ok()) {
-          Fail(s);
-          ready[l].store(kFailed, std::memory_order_release);
-        }
-        flight.push_back(std::move(f));
-      }
-      if (flight.empty() && next_layer >= shape.layers) {
-        bool all_released = true;
-        for (int l = 0; l < shape.layers; ++l) {
-          all_released &= !p.layer_changes[l] || released[l].load(std::memory_order_acquire);
-        }
-        if (all_released) return;
-      }
-      // Progress the transfers of each started layer.
-      bool progressed = false;
-      for (InFlight& f : flight) {
-        if (ready[f.layer].load(std::memory_order_relaxed) != kPending) continue;
-        bool done = true;
-        for (Request& r : f.requests) {
-          if (!r) continue;
-          auto t = comm->Test(r);
-          if (!t.ok()) {
-            Fail(t.status().WithPrefix(fmt::format("rank {}: layer {} transfer", rank, f.layer)));
-            ready[f.layer].store(kFailed, std::memory_order_release);
-            done = false;
-            break;
-          }
-          if (*t) {
-            r.reset();
-            progressed = true;
-          } else {
-            done = false;
-          }
-        }
-        if (ready[f.layer].load(std::memory_order_relaxed) != kPending) continue;
-        if (done) {
-          ready[f.layer].store(kDone, std::memory_order_release);
-        } else if (Ms(f.start, Clock::now()) > cfg.transfer_timeout_ms) {
-          spdlog::error("eplb rank {}: layer {}: transfers timed out after {} ms", rank, f.layer,
-                        cfg.transfer_timeout_ms);
-          ready[f.layer].store(kFailed, std::memory_order_release);
-        }
-      }
-      if (!progressed) std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-  }
-
-  // Posts a layer's receives (into staging) and sends (from slot memory), and does its local
-  // copies. Every rank walks the plan's copies in the same order, so messages between a pair of
-  // ranks with the layer's tag match one tensor after another.
-  Status StartLayer(const PlanOut& p, int l, int tag, std::vector<Request>* requests) {
-    std::vector<std::byte>& stage = staging[l];
-    stage.assign(p.incoming[l].size() * expert_bytes, std::byte{0});
-    size_t incoming_index = 0;
-    for (const ExpertCopy& c : p.plan.copies) {
-      if (c.layer != l) continue;
-      if (c.dst_rank == rank) {
-        size_t offset = incoming_index++ * expert_bytes;
-        if (c.local) {
-          for (std::span<std::byte> t : tensors[static_cast<size_t>(l) * S + c.src_slot]) {
-            std::memcpy(stage.data() + offset, t.data(), t.size());
-            offset += t.size();
-          }
-        } else {
-          for (size_t k = 0; k < tensor_bytes.size(); ++k) {
-            EPLB_ASSIGN_OR_RETURN(
-                Request r,
-                comm->IRecv(c.src_rank, tag, std::span(stage.data() + offset, tensor_bytes[k])));
-            requests->push_back(std::move(r));
-            offset += tensor_bytes[k];
-          }
-        }
-      } else if (c.src_rank == rank) {
-        for (std::span<std::byte> t : tensors[static_cast<size_t>(l) * S + c.src_slot]) {
-          EPLB_ASSIGN_OR_RETURN(Request r, comm->ISend(c.dst_rank, tag, t));
-          requests->push_back(std::move(r));
-        }
-      }
-    }
-    return Status::Ok();
+    const bool recorded = records && !cfg.expert_map_record_path.empty() && written.ok();
+    spdlog::info(
+        "eplb rank {}: cycle {} (static): balancedness {:.4f}, proposed {:.4f} ({} slots would "
+        "change), algorithm {:.1f} ms{}",
+        rank, j.cycle, mean_before, mean_proposed, would_change, p.algorithm_ms,
+        recorded ? ", recorded to " + cfg.expert_map_record_path : "");
+    if (!written.ok()) KeepError(written.WithPrefix(fmt::format("rank {}: recording", rank)));
   }
 };
 
@@ -596,6 +726,10 @@ Controller::~Controller() {
     impl_->stop = true;
   }
   impl_->cv.notify_all();
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->move_order) impl_->move_order->Wake();
+  }
   if (impl_->worker.joinable()) impl_->worker.join();
 }
 
@@ -606,125 +740,103 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
   // so controllers of several ranks (threads) logging at once do not race on it.
   static const bool logging_ready = spdlog::default_logger_raw() != nullptr;
   (void)logging_ready;
-  if (comm == nullptr) return Status::Invalid("controller: no communicator");
-  if (model.layers <= 0 || model.layers > kLayerTagSpace) {
-    return Status::Invalid(
-        fmt::format("controller: layers must be in [1, {}], got {}", kLayerTagSpace, model.layers));
+  if (comm == nullptr) return Status::Invalid("Controller::Create: no communicator");
+  if (model.layers <= 0) {
+    return Status::Invalid(fmt::format("model: layers must be > 0, got {}", model.layers));
   }
+  EPLB_RETURN_IF_ERROR(
+      PositiveKey("expert_heat_collection_interval", config.expert_heat_collection_interval));
+  EPLB_RETURN_IF_ERROR(
+      PositiveKey("algorithm_execution_interval", config.algorithm_execution_interval));
+  EPLB_RETURN_IF_ERROR(PositiveKey("max_layers_in_flight", config.max_layers_in_flight));
+  EPLB_RETURN_IF_ERROR(PositiveKey("transfer_timeout_ms", config.transfer_timeout_ms));
   EPLB_ASSIGN_OR_RETURN(int slots_per_rank,
                         ResolveSlotsPerRank(config, model.experts, comm->size()));
   auto impl = std::make_unique<Impl>();
-  impl->cfg = config;
-  impl->model = model;
-  impl->comm = comm;
-  impl->rank = comm->rank();
-  impl->S = slots_per_rank;
-  impl->shape = Shape{.layers = model.layers,
-                      .experts = model.experts,
-                      .ranks = comm->size(),
-                      .slots_per_rank = slots_per_rank,
-                      .nodes = model.nodes,
-                      .groups = 1};
-  EPLB_RETURN_IF_ERROR(impl->shape.Validate().WithPrefix("controller"));
-  AlgorithmOptions options = config.algorithm_options;
-  EPLB_ASSIGN_OR_RETURN(impl->balancer, MakeBalancer(config.algorithm, options));
+  Impl& m = *impl;
+  m.cfg = config;
+  m.comm = comm;
+  m.rank = comm->rank();
+  m.S = slots_per_rank;
+  m.shape = Shape{.layers = model.layers,
+                  .experts = model.experts,
+                  .ranks = comm->size(),
+                  .slots_per_rank = slots_per_rank,
+                  .nodes = model.nodes,
+                  .groups = 1};
+  EPLB_RETURN_IF_ERROR(m.shape.Validate().WithPrefix("model"));
+  m.records = m.rank % m.shape.ranks_per_node() == 0;
+  EPLB_ASSIGN_OR_RETURN(m.balancer, MakeBalancer(config.algorithm, config.algorithm_options));
   if (!config.expert_map_path.empty()) {
-    EPLB_ASSIGN_OR_RETURN(MapFile map,
-                          ReadExpertMap(config.expert_map_path, model.experts, comm->size()));
-    EPLB_RETURN_IF_ERROR(
-        ValidatePlacement(map.placement, impl->shape).WithPrefix(config.expert_map_path));
-    impl->placement = std::move(map.placement);
+    const std::string where = fmt::format("{}.expert_map_path: {}", kKey, config.expert_map_path);
+    StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, model.experts, comm->size());
+    if (!map.ok()) return map.status().WithPrefix(where);
+    EPLB_RETURN_IF_ERROR(ValidatePlacement(map->placement, m.shape).WithPrefix(where));
+    m.placement = std::move(map->placement);
   } else {
-    impl->placement = Placement::IdOrder(impl->shape);
+    m.placement = Placement::IdOrder(m.shape);
   }
+  m.initial = m.placement;
   const int L = model.layers;
   const int R = comm->size();
-  impl->epoch.assign(L, 0);
-  impl->tensors.assign(static_cast<size_t>(L) * slots_per_rank, {});
-  impl->window.assign(static_cast<size_t>(L) * slots_per_rank, 0);
-  impl->gather_recv.assign(static_cast<size_t>(R) * L * slots_per_rank, 0);
-  impl->hash_recv.assign(R, 0);
-  impl->agree_send.assign(L, 0);
-  impl->agree_recv.assign(L, 0);
-  impl->finished.assign(L, 1);
-  impl->staging.resize(L);
-  impl->ready = std::make_unique<std::atomic<int64_t>[]>(L);
-  impl->released = std::make_unique<std::atomic<int>[]>(L);
-  impl->routing = std::make_unique<std::atomic<std::shared_ptr<const LayerRouting>>[]>(L);
-  for (int l = 0; l < L; ++l) impl->Publish(l);
+  m.weights = std::make_unique<WeightStore>(L, slots_per_rank);
+  m.mover = std::make_unique<Mover>(comm, m.weights.get(), m.rank, config.max_layers_in_flight,
+                                    std::chrono::milliseconds(config.transfer_timeout_ms));
+  m.epoch.assign(L, 0);
+  m.window.assign(static_cast<size_t>(L) * slots_per_rank, 0);
+  m.gather_recv.assign(static_cast<size_t>(R) * L * slots_per_rank, 0);
+  m.hash_recv.assign(R, 0);
+  m.agree_send.assign(L, 0);
+  m.agree_recv.assign(L, 0);
+  m.finished.assign(L, 1);
+  m.outcome.assign(L, 0);
+  m.metrics.last_layer_balancedness_before.assign(L, 1.0);
+  m.metrics.last_layer_balancedness_after.assign(L, 1.0);
+  m.routing = std::make_unique<std::atomic<std::shared_ptr<const LayerRouting>>[]>(L);
+  for (int l = 0; l < L; ++l) m.Publish(l);
   return std::unique_ptr<Controller>(new Controller(std::move(impl)));
 }
 
+int Controller::rank() const { return impl_->rank; }
 int Controller::slots_per_rank() const { return impl_->S; }
-const Placement& Controller::initial_placement() const { return impl_->placement; }
+const Placement& Controller::initial_placement() const { return impl_->initial; }
 
 Status Controller::RegisterExpert(int layer, int local_slot,
                                   std::vector<std::span<std::byte>> tensors) {
-  Impl& m = *impl_;
-  if (m.started) return Status::Precondition("RegisterExpert after Start");
-  if (layer < 0 || layer >= m.shape.layers || local_slot < 0 || local_slot >= m.S) {
-    return Status::Invalid(
-        fmt::format("RegisterExpert: layer {} slot {} is outside {} layers x {} "
-                    "slots",
-                    layer, local_slot, m.shape.layers, m.S));
-  }
-  if (tensors.empty()) {
-    return Status::Invalid(
-        fmt::format("RegisterExpert: layer {} slot {}: no tensors", layer, local_slot));
-  }
-  std::vector<size_t> sizes;
-  for (auto t : tensors) sizes.push_back(t.size());
-  if (m.tensor_bytes.empty()) {
-    m.tensor_bytes = sizes;
-  } else if (sizes != m.tensor_bytes) {
-    return Status::Invalid(fmt::format(
-        "RegisterExpert: layer {} slot {}: tensor sizes differ from the first registered expert",
-        layer, local_slot));
-  }
-  m.tensors[static_cast<size_t>(layer) * m.S + local_slot] = std::move(tensors);
-  return Status::Ok();
+  if (impl_->started) return Status::Precondition("RegisterExpert: called after Start");
+  return impl_->weights->Register(layer, local_slot, std::move(tensors));
 }
 
 Status Controller::Start() {
   Impl& m = *impl_;
-  if (m.started) return Status::Precondition("Start called twice");
-  for (size_t i = 0; i < m.tensors.size(); ++i) {
-    if (m.tensors[i].empty()) {
-      return Status::Precondition(
-          fmt::format("Start: layer {} slot {} has no registered expert", i / m.S, i % m.S));
-    }
-  }
-  m.expert_bytes = 0;
-  for (size_t b : m.tensor_bytes) m.expert_bytes += b;
+  if (m.started) return Status::Precondition("Start: called twice");
+  EPLB_RETURN_IF_ERROR(m.weights->CheckComplete());
   m.started = true;
   m.worker = std::thread([&m] { m.WorkerLoop(); });
   return Status::Ok();
 }
 
 void Controller::RecordLoad(int layer, std::span<const int64_t> tokens) {
-  Impl& m = *impl_;
-  if (layer < 0 || layer >= m.shape.layers || static_cast<int>(tokens.size()) != m.S) {
-    if (m.input_error.ok()) {
-      m.input_error = Status::Invalid(fmt::format(
-          "RecordLoad: layer {} with {} counts; expected a layer in [0, {}) and {} counts", layer,
-          tokens.size(), m.shape.layers, m.S));
-    }
-    return;
-  }
-  int64_t* w = &m.window[static_cast<size_t>(layer) * m.S];
-  for (int s = 0; s < m.S; ++s) w[s] += tokens[s];
+  impl_->Record(layer, tokens);
+}
+
+void Controller::RecordLoad(int layer, std::span<const int32_t> tokens) {
+  impl_->Record(layer, tokens);
 }
 
 Status Controller::Step() {
   Impl& m = *impl_;
-  if (!m.started) return Status::Precondition("Step before Start");
+  if (!m.started) return Status::Precondition("Step: called before Start");
   const auto t0 = Clock::now();
   Status s = m.StepImpl();
   if (s.ok() && !m.input_error.ok()) s = std::exchange(m.input_error, Status::Ok());
-  std::lock_guard lock(m.mu);
-  m.metrics.steps = m.step;
-  m.metrics.hook_seconds_total += Ms(t0, Clock::now()) / 1000;
-  if (s.ok() && !m.sticky.ok()) s = std::exchange(m.sticky, Status::Ok());
+  if (s.ok() && m.has_sticky.load(std::memory_order_acquire)) {
+    std::lock_guard lock(m.mu);
+    s = std::exchange(m.sticky, Status::Ok());
+    m.has_sticky.store(false, std::memory_order_relaxed);
+  }
+  m.steps.store(m.step, std::memory_order_relaxed);
+  m.AddHookTime(t0);
   return s;
 }
 
@@ -734,12 +846,22 @@ std::shared_ptr<const LayerRouting> Controller::Routing(int layer) const {
 }
 
 RuntimeMetrics Controller::Metrics() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->metrics;
+  const Impl& m = *impl_;
+  RuntimeMetrics out;
+  {
+    std::lock_guard lock(impl_->mu);
+    out = m.metrics;
+  }
+  out.steps = m.steps.load(std::memory_order_relaxed);
+  out.hook_seconds_total = static_cast<double>(m.hook_ns.load(std::memory_order_relaxed)) / 1e9;
+  out.staging_bytes_peak = m.mover->staging_bytes_peak();
+  return out;
 }
 
 std::vector<Controller::Commit> Controller::CommitLog() const { return impl_->commits; }
 
-bool Controller::CycleInProgress() const { return impl_->phase != Impl::Phase::kIdle; }
+bool Controller::CycleInProgress() const {
+  return impl_->phase != Impl::Phase::kIdle && impl_->phase != Impl::Phase::kDisabled;
+}
 
 }  // namespace eplb

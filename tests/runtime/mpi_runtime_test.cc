@@ -33,9 +33,12 @@ std::string Run(eplb::Communicator* comm, uint64_t* digest, int64_t* cycles) {
   for (int step = 0;; ++step) {
     if (step >= 240 && !(*ctl)->CycleInProgress()) break;
     if (std::chrono::steady_clock::now() > deadline) return "cycle did not finish within 60 s";
-    std::string err = engine.RunStep(step / 60, rng);
+    eplb::Status step_error;
+    std::string err = engine.RunStep(step / 60, rng, &step_error);
     if (!err.empty()) return err;
+    if (!step_error.ok()) return "Step: " + step_error.ToString();
   }
+  if (std::string err = engine.Verify(); !err.empty()) return err;
   uint64_t h = 1469598103934665603ull;
   for (const auto& commit : (*ctl)->CommitLog()) {
     h = Mix(Mix(Mix(h, commit.step), commit.layer), commit.epoch);
@@ -45,6 +48,7 @@ std::string Run(eplb::Communicator* comm, uint64_t* digest, int64_t* cycles) {
   }
   *digest = h;
   *cycles = (*ctl)->Metrics().cycles;
+  ctl->reset();  // before the engine's memory goes
   return "";
 }
 
