@@ -185,13 +185,14 @@ int RunDemo(const DemoArgs& a) {
                          {"algorithm_execution_interval", 3},
                          {"max_layers_in_flight", 2}};
   if (!a.config.empty()) {
-    // Checked first on its own, so errors name the file or "inline config" and the key.
-    auto user = LoadRuntimeConfig(a.config);
-    if (!user.ok()) return Fail(cmd, user.status());
+    // Read once, checked on its own (errors name the file or "inline config" and the key), then
+    // its keys override the demo's defaults.
     const size_t first = a.config.find_first_not_of(" \t\r\n");
     const bool is_inline = first != std::string::npos && a.config[first] == '{';
     auto text = is_inline ? StatusOr<std::string>(a.config) : ReadFile(a.config);
     if (!text.ok()) return Fail(cmd, text.status());
+    auto user = ParseRuntimeConfig(*text, is_inline ? "inline config" : a.config);
+    if (!user.ok()) return Fail(cmd, user.status());
     nlohmann::json given = nlohmann::json::parse(*text, nullptr, false);
     if (given.contains("eplb_config")) given = given["eplb_config"];
     for (const auto& [key, value] : given.items()) base[key] = value;  // the user's keys win
