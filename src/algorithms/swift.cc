@@ -58,9 +58,14 @@ class LayerState {
     R_ = ranks;
     S_ = slots_per_rank;
     E_ = static_cast<int>(w.size());
+    // Clears only the entries the previous layer set when the shape is the same.
+    if (holds_.size() == static_cast<size_t>(R_) * E_ && slot_.size() == phy2log.size()) {
+      for (size_t i = 0; i < slot_.size(); ++i) holds_[i / S_ * E_ + slot_[i]] = 0;
+    } else {
+      holds_.assign(static_cast<size_t>(R_) * E_, 0);
+    }
     slot_.assign(phy2log.begin(), phy2log.end());
     count_.assign(E_, 0);
-    holds_.assign(static_cast<size_t>(R_) * E_, 0);
     holders_.resize(static_cast<size_t>(E_) * R_);
     for (int i = 0; i < R_ * S_; ++i) {
       const int e = slot_[i];
@@ -74,10 +79,13 @@ class LayerState {
     changes_ = 0;
     load_.assign(R_, 0.0);
     total_ = 0;
+    order_.clear();  // RankLoad keeps order_ sorted once it holds every rank
     for (int r = 0; r < R_; ++r) RankLoad(r);
     order_.resize(R_);
     std::iota(order_.begin(), order_.end(), 0);
-    SortRanks();
+    std::sort(order_.begin(), order_.end(), [&](int a, int b) { return Lighter(a, b); });
+    pos_.resize(R_);
+    for (int i = 0; i < R_; ++i) pos_[order_[i]] = i;
   }
 
   double Balancedness() const {
@@ -99,18 +107,15 @@ class LayerState {
     return {holders_.data() + static_cast<size_t>(e) * R_, static_cast<size_t>(count_[e])};
   }
 
-  // Keeps order_ = all ranks in ascending load (ties: lower rank). A step changes the loads of a
-  // few ranks, so an insertion sort of the nearly sorted order is close to linear.
-  void SortRanks() {
-    auto lighter = [&](int a, int b) {
-      return load_[a] < load_[b] || (load_[a] == load_[b] && a < b);
-    };
-    for (int i = 1; i < R_; ++i) {
-      const int r = order_[i];
-      int k = i;
-      for (; k > 0 && lighter(r, order_[k - 1]); --k) order_[k] = order_[k - 1];
-      order_[k] = r;
-    }
+  // order_ lists all ranks in ascending load, ties by rank.
+  bool Lighter(int a, int b) const {
+    return load_[a] < load_[b] || (load_[a] == load_[b] && a < b);
+  }
+  // The most loaded rank (ties: the lowest).
+  int Heaviest() const {
+    int i = R_ - 1;
+    while (i > 0 && load_[order_[i - 1]] == load_[order_[R_ - 1]]) --i;
+    return order_[i];
   }
 
   // Applies a step and refreshes the loads of every rank it touched: the ranks of its slots and
@@ -140,6 +145,7 @@ class LayerState {
   std::vector<double> load_;    // per rank
   double total_ = 0;
   std::vector<int> order_;  // ranks, lightest first
+  std::vector<int> pos_;    // rank -> its index in order_
 
  private:
   void SetSlot(int i, int e) {
@@ -156,11 +162,25 @@ class LayerState {
     piece_[e] = w_[e] / count_[e];
     slot_[i] = e;
   }
+  // Recomputes rank r's load and moves r to its place in order_ (the other ranks stay sorted, so
+  // one insertion step restores the order).
   void RankLoad(int r) {
     double sum = 0;
     for (int t = 0; t < S_; ++t) sum += Piece(slot_[r * S_ + t]);
     total_ += sum - load_[r];
     load_[r] = sum;
+    if (order_.empty()) return;
+    int i = pos_[r];
+    for (; i > 0 && Lighter(r, order_[i - 1]); --i) {
+      order_[i] = order_[i - 1];
+      pos_[order_[i]] = i;
+    }
+    for (; i + 1 < R_ && Lighter(order_[i + 1], r); ++i) {
+      order_[i] = order_[i + 1];
+      pos_[order_[i]] = i;
+    }
+    order_[i] = r;
+    pos_[r] = i;
   }
 
   bool track_ = false;
@@ -179,12 +199,11 @@ class PeakSearch : public LayerState {
     const double mean = Mean();
     RefreshHot();
     for (int step_no = 0; step_no < max_steps; ++step_no) {
-      const int h = static_cast<int>(std::max_element(load_.begin(), load_.end()) - load_.begin());
+      const int h = Heaviest();
       if (mean / load_[h] >= target) return;
       const Step best = FindStep(h);
       if (best.kind == Step::kNone || best.value < min_gain * mean) return;
       if (Apply(best)) RefreshHot();
-      SortRanks();
     }
   }
 
@@ -313,7 +332,6 @@ class ExcessSearch : public LayerState {
         applied = true;
       }
       if (!applied) return;
-      SortRanks();
     }
   }
 
@@ -526,58 +544,76 @@ class ExcessSearch : public LayerState {
 std::vector<int> Replicate(std::span<const double> w, int slots, int ranks) {
   const int E = static_cast<int>(w.size());
   std::vector<int> count(E, 1);
-  auto less = [&](int a, int b) {
-    const double pa = w[a] / count[a], pb = w[b] / count[b];
-    return pa < pb || (pa == pb && a > b);
-  };
-  std::priority_queue<int, std::vector<int>, decltype(less)> heap(less);
-  for (int e = 0; e < E; ++e) heap.push(e);
+  // (load per replica, -expert): the top is the largest piece, ties the lowest id.
+  std::vector<std::pair<double, int>> heap(E);
+  for (int e = 0; e < E; ++e) heap[e] = {w[e], -e};
+  std::make_heap(heap.begin(), heap.end());
   for (int extra = slots - E; extra > 0 && !heap.empty();) {
-    const int e = heap.top();
-    heap.pop();
-    if (count[e] >= ranks) continue;
+    std::pop_heap(heap.begin(), heap.end());
+    const int e = -heap.back().second;
+    if (count[e] >= ranks) {
+      heap.pop_back();
+      continue;
+    }
     ++count[e];
     --extra;
-    heap.push(e);
+    heap.back().first = w[e] / count[e];
+    std::push_heap(heap.begin(), heap.end());
   }
   return count;
 }
 
-// Heaviest replica first onto the lightest rank with a free slot that lacks the expert.
-std::vector<int> Pack(std::span<const double> w, const std::vector<int>& count, int ranks,
-                      int slots_per_rank) {
-  struct Item {
-    double piece;
-    int expert;
-  };
-  std::vector<Item> items;
-  for (int e = 0; e < static_cast<int>(w.size()); ++e)
-    for (int c = 0; c < count[e]; ++c) items.push_back({w[e] / count[e], e});
-  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
-    return a.piece > b.piece || (a.piece == b.piece && a.expert < b.expert);
-  });
-  using Entry = std::pair<double, int>;  // (load, rank), smallest first
-  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> heap;
-  for (int r = 0; r < ranks; ++r) heap.push({0.0, r});
-  std::vector<int> fill(ranks, 0);
-  std::vector<int> phy2log(static_cast<size_t>(ranks) * slots_per_rank, -1);
-  std::vector<uint8_t> holds(static_cast<size_t>(ranks) * w.size(), 0);
-  std::vector<Entry> skipped;
-  for (const Item& it : items) {
-    while (holds[static_cast<size_t>(heap.top().second) * w.size() + it.expert]) {
-      skipped.push_back(heap.top());
-      heap.pop();
+// Heaviest replica first onto the lightest rank with a free slot that lacks the expert (ties:
+// lower rank). Reuses its buffers across layers.
+class Packer {
+ public:
+  std::span<const int> Pack(std::span<const double> w, const std::vector<int>& count, int ranks,
+                            int slots_per_rank) {
+    const int E = static_cast<int>(w.size());
+    // Experts by load per replica, largest first (ties: lower id); an expert's replicas are
+    // placed one after another.
+    experts_.clear();
+    for (int e = 0; e < E; ++e) experts_.push_back({w[e] / count[e], e});
+    std::sort(experts_.begin(), experts_.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    heap_.clear();
+    for (int r = 0; r < ranks; ++r) heap_.push_back({0.0, r});  // already a min-heap
+    fill_.assign(ranks, 0);
+    last_.assign(ranks, -1);  // the expert a rank received last: the only one it can hold twice
+    phy2log_.assign(static_cast<size_t>(ranks) * slots_per_rank, -1);
+    for (const auto& [piece, e] : experts_) {
+      for (int c = 0; c < count[e]; ++c) {
+        while (last_[heap_.front().second] == e) Pop(skipped_);
+        auto [load, r] = heap_.front();
+        std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
+        heap_.pop_back();
+        phy2log_[static_cast<size_t>(r) * slots_per_rank + fill_[r]++] = e;
+        last_[r] = e;
+        if (fill_[r] < slots_per_rank) Push({load + piece, r});
+        for (const Entry& s : skipped_) Push(s);
+        skipped_.clear();
+      }
     }
-    auto [load, r] = heap.top();
-    heap.pop();
-    phy2log[static_cast<size_t>(r) * slots_per_rank + fill[r]++] = it.expert;
-    holds[static_cast<size_t>(r) * w.size() + it.expert] = 1;
-    if (fill[r] < slots_per_rank) heap.push({load + it.piece, r});
-    for (const Entry& s : skipped) heap.push(s);
-    skipped.clear();
+    return phy2log_;
   }
-  return phy2log;
-}
+
+ private:
+  using Entry = std::pair<double, int>;  // (load, rank), smallest first
+  void Pop(std::vector<Entry>& to) {
+    std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
+    to.push_back(heap_.back());
+    heap_.pop_back();
+  }
+  void Push(Entry e) {
+    heap_.push_back(e);
+    std::push_heap(heap_.begin(), heap_.end(), std::greater<>());
+  }
+
+  std::vector<std::pair<double, int>> experts_;
+  std::vector<Entry> heap_, skipped_;
+  std::vector<int> fill_, last_, phy2log_;
+};
 
 class Swift final : public Balancer {
  public:
@@ -597,9 +633,11 @@ class Swift final : public Balancer {
     if (input.current == nullptr) {
       ids.resize(static_cast<size_t>(shape.layers) * slots);
       PeakSearch search;
+      Packer packer;
       for (int l = 0; l < shape.layers; ++l) {
         auto w = load.row(l);
-        auto packed = Pack(w, Replicate(w, slots, shape.ranks), shape.ranks, shape.slots_per_rank);
+        auto packed =
+            packer.Pack(w, Replicate(w, slots, shape.ranks), shape.ranks, shape.slots_per_rank);
         search.Reset(w, packed, shape.ranks, shape.slots_per_rank, /*track_changes=*/false);
         search.Improve(kScratchTarget, kScratchMinGain, max_steps);
         std::copy(search.slots().begin(), search.slots().end(),
