@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <queue>
 
@@ -539,6 +540,21 @@ class ExcessSearch : public LayerState {
   std::vector<int> touched_;  // round in which a rank's load last changed
 };
 
+// Replaces the top of a binary heap (ordered by `above`) with `value`, which must not belong
+// above the old top, and sifts it down: one sift instead of a pop and a push.
+template <typename T, typename Above>
+void ReplaceTop(std::vector<T>& heap, T value, Above above) {
+  const size_t n = heap.size();
+  size_t i = 0;
+  for (size_t c = 1; c < n; c = 2 * i + 1) {
+    if (c + 1 < n && above(heap[c + 1], heap[c])) ++c;
+    if (!above(heap[c], value)) break;
+    heap[i] = heap[c];
+    i = c;
+  }
+  heap[i] = value;
+}
+
 // Replica counts: each extra slot to the expert with the largest load per replica (ties: lower
 // id), at most one replica per rank.
 std::vector<int> Replicate(std::span<const double> w, int slots, int ranks) {
@@ -549,16 +565,15 @@ std::vector<int> Replicate(std::span<const double> w, int slots, int ranks) {
   for (int e = 0; e < E; ++e) heap[e] = {w[e], -e};
   std::make_heap(heap.begin(), heap.end());
   for (int extra = slots - E; extra > 0 && !heap.empty();) {
-    std::pop_heap(heap.begin(), heap.end());
-    const int e = -heap.back().second;
+    const int e = -heap.front().second;
     if (count[e] >= ranks) {
+      std::pop_heap(heap.begin(), heap.end());
       heap.pop_back();
       continue;
     }
     ++count[e];
     --extra;
-    heap.back().first = w[e] / count[e];
-    std::push_heap(heap.begin(), heap.end());
+    ReplaceTop(heap, {w[e] / count[e], -e}, std::greater<>());
   }
   return count;
 }
@@ -585,12 +600,12 @@ class Packer {
     for (const auto& [piece, e] : experts_) {
       for (int c = 0; c < count[e]; ++c) {
         while (last_[heap_.front().second] == e) Pop(skipped_);
-        auto [load, r] = heap_.front();
-        std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
-        heap_.pop_back();
+        const auto [load, r] = heap_.front();
         phy2log_[static_cast<size_t>(r) * slots_per_rank + fill_[r]++] = e;
         last_[r] = e;
-        if (fill_[r] < slots_per_rank) Push({load + piece, r});
+        // A full rank sinks to the bottom for good.
+        const double next = fill_[r] < slots_per_rank ? load + piece : kFull;
+        ReplaceTop(heap_, Entry{next, r}, std::less<>());
         for (const Entry& s : skipped_) Push(s);
         skipped_.clear();
       }
@@ -600,6 +615,7 @@ class Packer {
 
  private:
   using Entry = std::pair<double, int>;  // (load, rank), smallest first
+  static constexpr double kFull = std::numeric_limits<double>::infinity();
   void Pop(std::vector<Entry>& to) {
     std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
     to.push_back(heap_.back());

@@ -41,12 +41,11 @@ Status ValidatePlacement(const Placement& p) {
     return Status::Invalid(fmt::format("placement has {} slots per layer for {} logical experts",
                                        p.slots(), p.experts()));
   }
-  std::vector<int> seen_slot(p.experts());
+  std::vector<int> seen_slot(p.experts(), -1);  // per rank; reset after each rank
   std::vector<int> count(p.experts());
   for (int l = 0; l < p.layers(); ++l) {
     std::fill(count.begin(), count.end(), 0);
     for (int r = 0; r < p.ranks(); ++r) {
-      std::fill(seen_slot.begin(), seen_slot.end(), -1);
       for (int s = 0; s < p.slots_per_rank(); ++s) {
         const int e = p.at(l, r, s);
         if (e < 0 || e >= p.experts()) {
@@ -63,6 +62,7 @@ Status ValidatePlacement(const Placement& p) {
         seen_slot[e] = s;
         ++count[e];
       }
+      for (int s = 0; s < p.slots_per_rank(); ++s) seen_slot[p.at(l, r, s)] = -1;
     }
     for (int e = 0; e < p.experts(); ++e) {
       if (count[e] == 0) {
