@@ -317,7 +317,7 @@ class ExcessSearch : public LayerState {
     gain_add_.resize(E_);
     loss_remove_.resize(E_);
     for (int round = 1; round <= max_rounds; ++round) {
-      Prepare();
+      Prepare(round);
       if (overloaded_.empty()) return;
       CollectSteps();
       bool applied = false;
@@ -337,7 +337,15 @@ class ExcessSearch : public LayerState {
   }
 
  private:
-  double Exc(double l) const { return l > cap_ ? l - cap_ : 0.0; }
+  double Exc(double l) const { return std::max(l - cap_, 0.0); }  // branch-free
+  void Refresh(int e) {
+    gain_add_[e] = GainAdd(e);
+    double loss = 0;
+    if (count_[e] >= 2) {
+      for (int r : Holders(e)) loss += RemoveTerm(e, r);
+    }
+    loss_remove_[e] = loss;
+  }
   // Excess removed from the holders of e when e gains a replica (-1 when it cannot).
   double GainAdd(int e) const {
     if (count_[e] >= R_) return -1.0;
@@ -375,36 +383,39 @@ class ExcessSearch : public LayerState {
 
   // Overloaded ranks (most loaded first), what each expert gains from one more replica and
   // loses from one fewer, the donor slots and the hot experts of this round.
-  void Prepare() {
+  void Prepare(int round) {
+    // The most loaded ranks first (ties: lower rank); a round looks for swaps and releases on
+    // the first few only.
     overloaded_.clear();
-    for (int r = 0; r < R_; ++r) {
-      if (load_[r] > cap_) overloaded_.push_back(r);
+    for (int i = R_ - 1; i >= 0 && load_[order_[i]] > cap_;) {
+      int k = i;  // order_[k + 1 .. i] have the same load, ranks ascending
+      while (k >= 0 && load_[order_[k]] == load_[order_[i]]) --k;
+      for (int t = k + 1; t <= i; ++t) overloaded_.push_back(order_[t]);
+      i = k;
     }
-    // The most loaded ranks first; a round looks for swaps and releases on the first few only.
-    std::sort(overloaded_.begin(), overloaded_.end(),
-              [&](int a, int b) { return load_[a] > load_[b] || (load_[a] == load_[b] && a < b); });
-    for (int e = 0; e < E_; ++e) {
-      gain_add_[e] = GainAdd(e);
-      double loss = 0;
-      if (count_[e] >= 2) {
-        for (int r : Holders(e)) loss += RemoveTerm(e, r);
+    // Gains and losses depend only on the loads of an expert's holders and its replica count:
+    // only the experts on ranks that the last round changed need them again.
+    if (round == 1) {
+      for (int e = 0; e < E_; ++e) Refresh(e);
+    } else {
+      for (int r = 0; r < R_; ++r) {
+        if (touched_[r] != round - 1) continue;
+        for (int t = 0; t < S_; ++t) Refresh(slot_[r * S_ + t]);
       }
-      loss_remove_[e] = loss;
     }
     // Donor slots (their expert has a replica to spare), cheapest first: the free ones on the
-    // lightest ranks first, then the others by cost.
+    // lightest ranks first, then the others by cost, sorted only as far as a round reads them.
     donors_.clear();
-    size_t free_donors = 0;
+    donor_heap_.clear();
     for (int r : order_) {
       for (int t = 0; t < S_; ++t) {
         const int y = slot_[r * S_ + t];
         if (count_[y] < 2) continue;
         const double cost = loss_remove_[y] - RemoveTerm(y, r);
-        donors_.push_back({cost, r * S_ + t});
-        if (cost <= 0) std::swap(donors_[free_donors++], donors_.back());
+        (cost <= 0 ? donors_ : donor_heap_).push_back({cost, r * S_ + t});
       }
     }
-    std::sort(donors_.begin() + free_donors, donors_.end());  // (cost, slot) pairs are unique
+    std::make_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
     // Experts that would gain from one more replica, best first.
     hot_.clear();
     for (int e = 0; e < E_; ++e) {
@@ -457,6 +468,7 @@ class ExcessSearch : public LayerState {
       const int h = overloaded_[k];
       Step best;
       const double lh = load_[h];
+      const double exc_h = Exc(lh);
       for (int s = 0; s < S_; ++s) {
         const int hs = h * S_ + s;
         const int x = slot_[hs];
@@ -468,12 +480,13 @@ class ExcessSearch : public LayerState {
           const double lj = load_[j];
           if (std::min({lh - cap_, cap_ - lj, px}) <= best.value) break;
           if (j == h || Holds(j, x)) continue;
+          const double exc_j = Exc(lj);
           for (int t = 0; t < S_; ++t) {
             const int jt = j * S_ + t;
             const int y = slot_[jt];
             const double py = Piece(y);
             if (py >= px) continue;
-            const double removed = Exc(lh) - Exc(lh - px + py) - (Exc(lj + px - py) - Exc(lj));
+            const double removed = exc_h - Exc(lh - px + py) - (Exc(lj + px - py) - exc_j);
             if (removed <= best.value || Holds(h, y)) continue;
             Step c{Step::kSwap, hs, y, jt, x};
             c.cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
@@ -506,7 +519,13 @@ class ExcessSearch : public LayerState {
       if (gain_add_[x] < kRoundFraction * round_best) break;
       Step best;
       const double px_new = w_[x] / (count_[x] + 1);
-      for (const auto& [donor_cost, jt] : donors_) {
+      for (size_t i = 0; i < donors_.size() || !donor_heap_.empty(); ++i) {
+        if (i == donors_.size()) {  // the next cheapest donor, (cost, slot) pairs being unique
+          std::pop_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
+          donors_.push_back(donor_heap_.back());
+          donor_heap_.pop_back();
+        }
+        const auto [donor_cost, jt] = donors_[i];
         // Donors are sorted by cost; the rest cannot beat the best step for x.
         if (gain_add_[x] - donor_cost <= best.value) break;
         const int j = jt / S_;
@@ -534,7 +553,8 @@ class ExcessSearch : public LayerState {
   double cap_ = 0;
   std::vector<int> overloaded_;
   std::vector<double> gain_add_, loss_remove_;
-  std::vector<std::pair<double, int>> donors_;  // (cost, slot), cheapest first
+  std::vector<std::pair<double, int>> donors_;      // (cost, slot), cheapest first
+  std::vector<std::pair<double, int>> donor_heap_;  // the donors not yet sorted into donors_
   std::vector<int> hot_;                        // the kHot experts with most gain_add_ > 0
   std::vector<Step> steps_;
   std::vector<int> touched_;  // round in which a rank's load last changed
