@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 #include <string>
 
 #include "eplb/algorithm.h"
@@ -81,6 +82,36 @@ void BM_AfterShift(benchmark::State& state, const char* algorithm) {
   state.counters["slots_changed"] = changed;
 }
 
+// Steady state: the placement swift built for prefill_in4096, and the same load with every
+// expert's count scaled by a random factor in [0.8, 1.2] (fixed seed), as consecutive windows of
+// one workload differ.
+void BM_Drift(benchmark::State& state, const char* algorithm) {
+  LoadMatrix a;
+  if (!LoadOrSkip(state, "prefill_in4096", &a)) return;
+  const Shape shape =
+      DeepSeekShape(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+  auto swift = std::move(*MakeBalancer("swift"));
+  const Placement old = swift->Balance({&a, shape, nullptr})->placement;
+  LoadMatrix b = a;
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> factor(0.8, 1.2);
+  for (int l = 0; l < b.layers(); ++l) {
+    for (double& v : b.row(l)) v *= factor(rng);
+  }
+  auto balancer = std::move(*MakeBalancer(algorithm));
+  double balancedness = 0, changed = 0;
+  for (auto _ : state) {
+    auto r = balancer->Balance({&b, shape, &old});
+    auto plan = PlanTransfers(old, r->placement, shape);
+    benchmark::DoNotOptimize(plan);
+    balancedness = MeanBalancedness(b, plan->final_placement);
+    changed = static_cast<double>(plan->slots_changed) / (shape.layers * shape.slots());
+  }
+  state.counters["stale"] = MeanBalancedness(b, old);
+  state.counters["balancedness"] = balancedness;
+  state.counters["slots_changed"] = changed;
+}
+
 BENCHMARK_CAPTURE(BM_FromScratch, swift, "swift")
     ->Args({64, 5})
     ->Args({256, 2})
@@ -94,6 +125,10 @@ BENCHMARK_CAPTURE(BM_AfterShift, swift, "swift")
     ->Args({256, 2})
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_AfterShift, deepseek, "deepseek")
+    ->Args({64, 5})
+    ->Args({256, 2})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Drift, swift, "swift")
     ->Args({64, 5})
     ->Args({256, 2})
     ->Unit(benchmark::kMillisecond);
