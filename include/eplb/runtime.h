@@ -184,13 +184,15 @@ class Controller {
   // The current routing snapshot of a layer (nullptr for a layer out of range).
   std::shared_ptr<const LayerRouting> Routing(int layer) const;
   RuntimeMetrics Metrics() const;
-  // (step, layer, epoch) of every commit so far, in order: all ranks hold the same log.
+  // (step, layer, epoch) of the latest kCommitLogCapacity commits, oldest first: all ranks hold
+  // the same log. Metrics().layers_committed counts every commit.
   struct Commit {
     int64_t step;
     int layer;
     uint64_t epoch;
     bool operator==(const Commit&) const = default;
   };
+  static constexpr size_t kCommitLogCapacity = 4096;
   std::vector<Commit> CommitLog() const;
   // True while a cycle (gather, plan, moves, commits) is in progress. Changes only at steps that
   // are the same on every rank, so ranks that stop stepping when it is false stop together.

@@ -163,7 +163,7 @@ struct Controller::Impl {
   std::vector<int> outcome;    // per layer: 0 open / unchanged, 1 committed, -1 rolled back
   std::vector<char> finished;  // per layer, during a move
   Clock::time_point move_start;
-  std::vector<Commit> commits;
+  std::deque<Commit> commits;  // the latest kCommitLogCapacity
   TagPool tags;
   Status input_error;  // a bad RecordLoad, reported by the next Step
   uint32_t record_calls = 0;
@@ -482,6 +482,7 @@ struct Controller::Impl {
     ++epoch[l];
     Publish(l);
     commits.push_back({step, l, epoch[l]});
+    if (commits.size() > kCommitLogCapacity) commits.pop_front();
     finished[l] = 1;
     outcome[l] = 1;
     session->Release(l);
@@ -858,7 +859,9 @@ RuntimeMetrics Controller::Metrics() const {
   return out;
 }
 
-std::vector<Controller::Commit> Controller::CommitLog() const { return impl_->commits; }
+std::vector<Controller::Commit> Controller::CommitLog() const {
+  return {impl_->commits.begin(), impl_->commits.end()};
+}
 
 bool Controller::CycleInProgress() const {
   return impl_->phase != Impl::Phase::kIdle && impl_->phase != Impl::Phase::kDisabled;

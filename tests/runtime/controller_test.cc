@@ -339,6 +339,34 @@ TEST_P(ControllerWorldTest, ManyCyclesMoveExactBytesAndCommitTogether) {
 INSTANTIATE_TEST_SUITE_P(Ranks, ControllerWorldTest, ::testing::Values(4, 8),
                          [](const auto& info) { return "ranks" + std::to_string(info.param); });
 
+TEST(ControllerTest, TheCommitLogKeepsTheLatestCommits) {
+  WorldOptions o;
+  o.ranks = 2;
+  o.layers = 700;
+  o.experts = 4;
+  o.config = DynamicConfig(2);
+  o.config.max_layers_in_flight = 128;
+  o.steps = 480;  // the fake engine's loads change every 60 steps
+  o.min_cycles = 8;
+  const auto res = RunWorld(o);
+  ExpectAgreement(res);
+  const RuntimeMetrics& m = res[0].metrics;
+  ASSERT_GT(m.layers_committed, static_cast<int64_t>(Controller::kCommitLogCapacity))
+      << "too few commits to fill the log";
+  ASSERT_EQ(res[0].commits.size(), Controller::kCommitLogCapacity);
+  // The log ends with the last commit of every layer: its epoch is the layer's epoch.
+  std::vector<uint64_t> last(o.layers, 0);
+  for (const auto& c : res[0].commits) {
+    EXPECT_GT(c.epoch, last[c.layer]) << "layer " << c.layer;
+    last[c.layer] = c.epoch;
+  }
+  for (int l = 0; l < o.layers; ++l) {
+    if (last[l] > 0) {
+      EXPECT_EQ(last[l], res[0].epochs[l]) << "layer " << l;
+    }
+  }
+}
+
 TEST(ControllerTest, SlotsAreNotOverwrittenWhileTheirSendsArePending) {
   // Sends complete up to 40 polls late and read their source only then; ranks in lockstep.
   WorldOptions o;
