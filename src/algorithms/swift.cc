@@ -17,7 +17,10 @@
 // target), when no step removes at least min_gain_per_change x mean per slot changed, or when its
 // change budget is spent. Layers already at skip_balancedness are left alone, worst layers go
 // first (so a per-cycle budget goes where it helps most), and a layer's result is kept only if it
-// is better than before.
+// is better than before. A layer that ends clearly short of its target (the target is beyond
+// what the shape or the change budget allows, where descending on the excess over an unreachable
+// cap trades the peak for the other ranks) is searched again from its placement with targets
+// lowered in steps of kRetryStep, keeping the most balanced result.
 //
 // Without a current placement, a fresh placement is built: replicas to the largest load per
 // replica, heaviest replica first onto the lightest rank with a free slot that lacks the expert,
@@ -716,15 +719,28 @@ class Swift final : public Balancer {
           budget = std::min(budget, cycle_left);
           need_left -= need[l];
         }
-        search.Reset(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
-                     /*track_changes=*/true);
-        search.Improve(options_.target_balancedness, static_cast<int>(budget),
-                       options_.min_gain_per_change, max_steps);
-        if (search.changes() > 0 && search.Balancedness() > before[l]) {
-          std::copy(search.slots().begin(), search.slots().end(),
-                    ids.begin() + static_cast<size_t>(l) * slots);
-          if (cycle_left >= 0) cycle_left -= search.changes();
+        // Descending on the excess over an unreachable cap trades the peak for the rest, so a
+        // layer that ends clearly short of its target is searched again from its placement
+        // with lower targets; the best result is kept (ties: fewer changes).
+        double best = before[l];
+        int best_changes = 0;
+        for (double target = options_.target_balancedness;;) {
+          search.Reset(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
+                       /*track_changes=*/true);
+          search.Improve(target, static_cast<int>(budget), options_.min_gain_per_change,
+                         max_steps);
+          const double got = search.Balancedness();
+          if (search.changes() > 0 &&
+              (got > best || (got == best && search.changes() < best_changes))) {
+            best = got;
+            best_changes = search.changes();
+            std::copy(search.slots().begin(), search.slots().end(),
+                      ids.begin() + static_cast<size_t>(l) * slots);
+          }
+          target -= kRetryStep;
+          if (got >= target || target <= best) break;
         }
+        if (cycle_left >= 0) cycle_left -= best_changes;
       }
       std::sort(result.skipped_layers.begin(), result.skipped_layers.end());
     }
@@ -754,6 +770,7 @@ class Swift final : public Balancer {
   // From scratch, nothing moves yet, so the search runs close to perfect balance.
   static constexpr double kScratchTarget = 0.997;
   static constexpr double kScratchMinGain = 1e-4;
+  static constexpr double kRetryStep = 0.015;
   AlgorithmOptions options_;
 };
 
