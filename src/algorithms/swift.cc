@@ -77,7 +77,9 @@ class LayerState {
       holds_[static_cast<size_t>(i / S_) * E_ + e] = 1;
     }
     piece_.resize(E_);
-    for (int e = 0; e < E_; ++e) piece_[e] = count_[e] > 0 ? w_[e] / count_[e] : 0.0;
+    more_.resize(E_);
+    less_.resize(E_);
+    for (int e = 0; e < E_; ++e) Pieces(e);
     track_ = track_changes;
     if (track_) orig_ = holds_;
     changes_ = 0;
@@ -102,6 +104,8 @@ class LayerState {
 
  protected:
   double Piece(int e) const { return piece_[e]; }
+  double PieceMore(int e) const { return more_[e]; }  // e's piece with one more replica
+  double PieceLess(int e) const { return less_[e]; }  // ... with one fewer (count >= 2)
   bool Holds(int r, int e) const { return holds_[static_cast<size_t>(r) * E_ + e] != 0; }
   // 1 if rank r did not hold e in the original placement (tracked mode only).
   int Changed(int r, int e) const {
@@ -144,6 +148,8 @@ class LayerState {
   std::vector<int> slot_;       // phy2log of the layer
   std::vector<int> count_;      // replicas per expert
   std::vector<double> piece_;   // w_[e] / count_[e]
+  std::vector<double> more_;    // w_[e] / (count_[e] + 1)
+  std::vector<double> less_;    // w_[e] / (count_[e] - 1), 0 when count_[e] < 2
   std::vector<uint8_t> holds_;  // [rank][expert]
   std::vector<int> holders_;    // per expert, the ranks holding it (first count_[e] entries)
   std::vector<double> load_;    // per rank
@@ -162,9 +168,14 @@ class LayerState {
     *std::find(old_list, old_list + count_[old], r) = old_list[count_[old] - 1];
     --count_[old];
     holders_[static_cast<size_t>(e) * R_ + count_[e]++] = r;
-    piece_[old] = w_[old] / count_[old];
-    piece_[e] = w_[e] / count_[e];
+    Pieces(old);
+    Pieces(e);
     slot_[i] = e;
+  }
+  void Pieces(int e) {
+    piece_[e] = count_[e] > 0 ? w_[e] / count_[e] : 0.0;
+    more_[e] = w_[e] / (count_[e] + 1);
+    less_[e] = count_[e] > 1 ? w_[e] / (count_[e] - 1) : 0.0;
   }
   // Recomputes rank r's load and moves r to its place in order_ (the other ranks stay sorted, so
   // one insertion step restores the order).
@@ -256,7 +267,7 @@ class PeakSearch : public LayerState {
       // Replicate: a spare replica (expert y, count >= 2) on a light rank j becomes a replica
       // of x, splitting x's load once more on every rank that holds it, h included.
       // It lowers h by at most dx, x's saving per replica.
-      const double dx = count_[x] < R_ ? px - w_[x] / (count_[x] + 1) : 0.0;
+      const double dx = count_[x] < R_ ? px - PieceMore(x) : 0.0;
       if (dx > best.value) {
         for (int pi = 0; pi < partners; ++pi) {
           const int j = order_[pi];
@@ -265,7 +276,7 @@ class PeakSearch : public LayerState {
             const int jt = j * S_ + t;
             const int y = slot_[jt];
             if (count_[y] < 2) continue;
-            const double dy = w_[y] / (count_[y] - 1) - Piece(y);  // y's other holders carry more
+            const double dy = PieceLess(y) - Piece(y);  // y's other holders carry more
             double peak = std::max(load_[j] - Piece(y) + px - dx, lh - dx + (Holds(h, y) ? dy : 0));
             if (lh - peak <= best.value) continue;
             const double other = MaxHolderExcept(y, j, h);
@@ -277,12 +288,12 @@ class PeakSearch : public LayerState {
       // Release: h's spare replica of x becomes a replica of one of the experts with the largest
       // load per replica; x's other holders carry more.
       if (count_[x] >= 2) {
-        const double dx = w_[x] / (count_[x] - 1) - px;
+        const double dx = PieceLess(x) - px;
         const double other = MaxHolderExcept(x, h);
         for (int y : hot_) {
           if (y == x || Holds(h, y) || count_[y] >= R_) continue;
           Consider(best, {Step::kRelease, hs, y}, lh,
-                   std::max(lh - px + w_[y] / (count_[y] + 1), other + dx));
+                   std::max(lh - px + PieceMore(y), other + dx));
         }
       }
     }
@@ -352,14 +363,14 @@ class ExcessSearch : public LayerState {
   // Excess removed from the holders of e when e gains a replica (-1 when it cannot).
   double GainAdd(int e) const {
     if (count_[e] >= R_) return -1.0;
-    const double d = Piece(e) - w_[e] / (count_[e] + 1);
+    const double d = Piece(e) - PieceMore(e);
     double g = 0;
     for (int r : Holders(e)) g += Exc(load_[r]) - Exc(load_[r] - d);
     return g;
   }
   // Excess added on rank r when e (held by r, count >= 2) loses a replica elsewhere.
   double RemoveTerm(int e, int r) const {
-    const double d = w_[e] / (count_[e] - 1) - Piece(e);
+    const double d = PieceLess(e) - Piece(e);
     return Exc(load_[r] + d) - Exc(load_[r]);
   }
 
@@ -446,9 +457,9 @@ class ExcessSearch : public LayerState {
     const int r0 = c.slot_a / S_;
     const int gone = slot_[c.slot_a];
     const int come = c.expert_a;
-    const double d_gone = w_[gone] / (count_[gone] - 1) - Piece(gone);
-    const double d_come = w_[come] / (count_[come] + 1) - Piece(come);
-    double removed = Exc(load_[r0]) - Exc(load_[r0] - Piece(gone) + w_[come] / (count_[come] + 1) +
+    const double d_gone = PieceLess(gone) - Piece(gone);
+    const double d_come = PieceMore(come) - Piece(come);
+    double removed = Exc(load_[r0]) - Exc(load_[r0] - Piece(gone) + PieceMore(come) +
                                           (Holds(r0, come) ? d_come : 0.0));
     for (int r : Holders(gone)) {
       if (r == r0) continue;
@@ -504,7 +515,7 @@ class ExcessSearch : public LayerState {
             if (tried == kHot) break;
             if (y == x || Holds(h, y)) continue;
             ++tried;
-            const double py_new = w_[y] / (count_[y] + 1);
+            const double py_new = PieceMore(y);
             Step c{Step::kRelease, hs, y};
             c.cost = Changed(h, y) - Changed(h, x);
             Consider(best, c, gain_add_[y] - lost + Exc(lh) - Exc(lh - px + py_new));
@@ -521,7 +532,7 @@ class ExcessSearch : public LayerState {
     for (int x : hot_) {
       if (gain_add_[x] < kRoundFraction * round_best) break;
       Step best;
-      const double px_new = w_[x] / (count_[x] + 1);
+      const double px_new = PieceMore(x);
       for (size_t i = 0; i < donors_.size() || !donor_heap_.empty(); ++i) {
         if (i == donors_.size()) {  // the next cheapest donor, (cost, slot) pairs being unique
           std::pop_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
