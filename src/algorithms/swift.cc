@@ -32,6 +32,7 @@
 #include "algorithms/swift.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -39,6 +40,21 @@
 
 namespace eplb {
 namespace {
+
+// A double and a small non-negative id as one integer that orders as the pair (value, id): the
+// IEEE bits of a double order as its value among doubles of one sign, so a sign bit flip and,
+// for negatives, all bits flipped map every finite double and +inf to an ascending integer.
+__extension__ typedef unsigned __int128 Key;
+Key MakeKey(double v, int id) {
+  uint64_t bits = std::bit_cast<uint64_t>(v);
+  bits = bits >> 63 ? ~bits : bits | (uint64_t{1} << 63);
+  return (Key{bits} << 32) | static_cast<uint32_t>(id);
+}
+double KeyValue(Key k) {
+  const uint64_t bits = static_cast<uint64_t>(k >> 32);
+  return std::bit_cast<double>(bits >> 63 ? bits & ~(uint64_t{1} << 63) : ~bits);
+}
+int KeyId(Key k) { return static_cast<int>(static_cast<uint32_t>(k)); }
 
 // One step of a search: slot_a receives expert_a; a swap also gives slot_b expert_b.
 struct Step {
@@ -87,9 +103,11 @@ class LayerState {
     total_ = 0;
     order_.clear();  // RankLoad keeps order_ sorted once it holds every rank
     for (int r = 0; r < R_; ++r) RankLoad(r);
+    keys_.resize(R_);
+    for (int r = 0; r < R_; ++r) keys_[r] = MakeKey(load_[r], r);
+    std::sort(keys_.begin(), keys_.end());  // the order of Lighter()
     order_.resize(R_);
-    std::iota(order_.begin(), order_.end(), 0);
-    std::sort(order_.begin(), order_.end(), [&](int a, int b) { return Lighter(a, b); });
+    for (int i = 0; i < R_; ++i) order_[i] = KeyId(keys_[i]);
     pos_.resize(R_);
     for (int i = 0; i < R_; ++i) pos_[order_[i]] = i;
   }
@@ -156,6 +174,7 @@ class LayerState {
   double total_ = 0;
   std::vector<int> order_;  // ranks, lightest first
   std::vector<int> pos_;    // rank -> its index in order_
+  std::vector<Key> keys_;   // Reset's sort
 
  private:
   void SetSlot(int i, int e) {
@@ -594,20 +613,20 @@ void ReplaceTop(std::vector<T>& heap, T value, Above above) {
 std::vector<int> Replicate(std::span<const double> w, int slots, int ranks) {
   const int E = static_cast<int>(w.size());
   std::vector<int> count(E, 1);
-  // (load per replica, -expert): the top is the largest piece, ties the lowest id.
-  std::vector<std::pair<double, int>> heap(E);
-  for (int e = 0; e < E; ++e) heap[e] = {w[e], -e};
-  std::make_heap(heap.begin(), heap.end());
+  // A min-heap of (-load per replica, expert): the top is the largest piece, ties the lowest id.
+  std::vector<Key> heap(E);
+  for (int e = 0; e < E; ++e) heap[e] = MakeKey(-w[e], e);
+  std::make_heap(heap.begin(), heap.end(), std::greater<>());
   for (int extra = slots - E; extra > 0 && !heap.empty();) {
-    const int e = -heap.front().second;
+    const int e = KeyId(heap.front());
     if (count[e] >= ranks) {
-      std::pop_heap(heap.begin(), heap.end());
+      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
       heap.pop_back();
       continue;
     }
     ++count[e];
     --extra;
-    ReplaceTop(heap, {w[e] / count[e], -e}, std::greater<>());
+    ReplaceTop(heap, MakeKey(-(w[e] / count[e]), e), std::less<>());
   }
   return count;
 }
@@ -622,25 +641,26 @@ class Packer {
     // Experts by load per replica, largest first (ties: lower id); an expert's replicas are
     // placed one after another.
     experts_.clear();
-    for (int e = 0; e < E; ++e) experts_.push_back({w[e] / count[e], e});
-    std::sort(experts_.begin(), experts_.end(), [](const auto& a, const auto& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    });
+    for (int e = 0; e < E; ++e) experts_.push_back(MakeKey(-(w[e] / count[e]), e));
+    std::sort(experts_.begin(), experts_.end());
     heap_.clear();
-    for (int r = 0; r < ranks; ++r) heap_.push_back({0.0, r});  // already a min-heap
+    for (int r = 0; r < ranks; ++r) heap_.push_back(MakeKey(0.0, r));  // already a min-heap
     fill_.assign(ranks, 0);
     last_.assign(ranks, -1);  // the expert a rank received last: the only one it can hold twice
     phy2log_.assign(static_cast<size_t>(ranks) * slots_per_rank, -1);
-    for (const auto& [piece, e] : experts_) {
+    for (const Key k : experts_) {
+      const double piece = -KeyValue(k);
+      const int e = KeyId(k);
       for (int c = 0; c < count[e]; ++c) {
-        while (last_[heap_.front().second] == e) Pop(skipped_);
-        const auto [load, r] = heap_.front();
+        while (last_[KeyId(heap_.front())] == e) Pop(skipped_);
+        const double load = KeyValue(heap_.front());
+        const int r = KeyId(heap_.front());
         phy2log_[static_cast<size_t>(r) * slots_per_rank + fill_[r]++] = e;
         last_[r] = e;
         // A full rank sinks to the bottom for good.
         const double next = fill_[r] < slots_per_rank ? load + piece : kFull;
-        ReplaceTop(heap_, Entry{next, r}, std::less<>());
-        for (const Entry& s : skipped_) Push(s);
+        ReplaceTop(heap_, MakeKey(next, r), std::less<>());
+        for (const Key s : skipped_) Push(s);
         skipped_.clear();
       }
     }
@@ -648,20 +668,20 @@ class Packer {
   }
 
  private:
-  using Entry = std::pair<double, int>;  // (load, rank), smallest first
   static constexpr double kFull = std::numeric_limits<double>::infinity();
-  void Pop(std::vector<Entry>& to) {
+  void Pop(std::vector<Key>& to) {
     std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
     to.push_back(heap_.back());
     heap_.pop_back();
   }
-  void Push(Entry e) {
-    heap_.push_back(e);
+  void Push(Key k) {
+    heap_.push_back(k);
     std::push_heap(heap_.begin(), heap_.end(), std::greater<>());
   }
 
-  std::vector<std::pair<double, int>> experts_;
-  std::vector<Entry> heap_, skipped_;
+  std::vector<Key> experts_;  // (-piece, expert), ascending
+  std::vector<Key> heap_;     // (load, rank), a min-heap
+  std::vector<Key> skipped_;
   std::vector<int> fill_, last_, phy2log_;
 };
 
