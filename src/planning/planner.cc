@@ -146,6 +146,7 @@ StatusOr<TransferPlan> PlanTransfers(const Placement& old_placement, const Place
         const int e = final_layer[base + s];
         if (e == old_layer[base + s]) continue;
         int src = -1;  // physical slot
+        int src_rank = r;
         if (scratch.in_old[e] == r) {
           src = base + scratch.old_slot[e];
         } else {
@@ -158,6 +159,7 @@ StatusOr<TransferPlan> PlanTransfers(const Placement& old_placement, const Place
             if (key < best_key) {
               best_key = key;
               src = p;
+              src_rank = q;
             }
           }
           assert(src >= 0 && "a valid placement holds every expert somewhere");
@@ -167,8 +169,8 @@ StatusOr<TransferPlan> PlanTransfers(const Placement& old_placement, const Place
         c.expert = e;
         c.dst_rank = r;
         c.dst_slot = s;
-        c.src_rank = src / spr;
-        c.src_slot = src % spr;
+        c.src_rank = src_rank;
+        c.src_slot = src - src_rank * spr;
         c.local = c.src_rank == r;
         c.reads_overwritten_slot = final_layer[src] != old_layer[src];
         ++receives[r];
