@@ -108,8 +108,6 @@ class LayerState {
     std::sort(keys_.begin(), keys_.end());  // the order of Lighter()
     order_.resize(R_);
     for (int i = 0; i < R_; ++i) order_[i] = KeyId(keys_[i]);
-    pos_.resize(R_);
-    for (int i = 0; i < R_; ++i) pos_[order_[i]] = i;
   }
 
   double Balancedness() const {
@@ -173,7 +171,6 @@ class LayerState {
   std::vector<double> load_;    // per rank
   double total_ = 0;
   std::vector<int> order_;  // ranks, lightest first
-  std::vector<int> pos_;    // rank -> its index in order_
   std::vector<Key> keys_;   // Reset's sort
 
  private:
@@ -202,19 +199,18 @@ class LayerState {
     double sum = 0;
     for (int t = 0; t < S_; ++t) sum += Piece(slot_[r * S_ + t]);
     total_ += sum - load_[r];
+    if (order_.empty()) {
+      load_[r] = sum;
+      return;
+    }
+    auto lighter = [&](int a, int b) { return Lighter(a, b); };
+    const auto at = std::lower_bound(order_.begin(), order_.end(), r, lighter);  // old load
     load_[r] = sum;
-    if (order_.empty()) return;
-    int i = pos_[r];
-    for (; i > 0 && Lighter(r, order_[i - 1]); --i) {
-      order_[i] = order_[i - 1];
-      pos_[order_[i]] = i;
+    if (at != order_.begin() && Lighter(r, *(at - 1))) {
+      std::rotate(std::upper_bound(order_.begin(), at, r, lighter), at, at + 1);
+    } else if (at + 1 != order_.end() && Lighter(*(at + 1), r)) {
+      std::rotate(at, at + 1, std::lower_bound(at + 1, order_.end(), r, lighter));
     }
-    for (; i + 1 < R_ && Lighter(order_[i + 1], r); ++i) {
-      order_[i] = order_[i + 1];
-      pos_[order_[i]] = i;
-    }
-    order_[i] = r;
-    pos_[r] = i;
   }
 
   bool track_ = false;
