@@ -606,14 +606,38 @@ void ReplaceTop(std::vector<T>& heap, T value, Above above) {
 
 // Replica counts: each extra slot to the expert with the largest load per replica (ties: lower
 // id), at most one replica per rank.
+//
+// The greedy takes the candidates "replica k + 1 of e, worth w[e] / k" (k < ranks) in descending
+// order of worth, so it takes every candidate worth more than tau = total / extra first: there
+// are fewer than extra of them. Those are granted at once; the heap goes on from there.
 std::vector<int> Replicate(std::span<const double> w, int slots, int ranks) {
   const int E = static_cast<int>(w.size());
   std::vector<int> count(E, 1);
+  int extra = slots - E;
+  const double total = std::accumulate(w.begin(), w.end(), 0.0);
+  if (extra > 0 && total > 0) {
+    const double tau = total / extra;
+    int granted = 0;
+    for (int e = 0; e < E; ++e) {
+      if (!(w[e] > tau)) continue;
+      // k = how many k >= 1 have w[e] / k > tau, by the greedy's own division.
+      int k = static_cast<int>(std::min<double>(ranks - 1, std::ceil(w[e] / tau) - 1));
+      while (k >= 1 && !(w[e] / k > tau)) --k;
+      while (k + 1 <= ranks - 1 && w[e] / (k + 1) > tau) ++k;
+      count[e] = 1 + k;
+      granted += k;
+    }
+    if (granted <= extra) {
+      extra -= granted;
+    } else {  // rounding: the plain greedy
+      std::fill(count.begin(), count.end(), 1);
+    }
+  }
   // A min-heap of (-load per replica, expert): the top is the largest piece, ties the lowest id.
   std::vector<Key> heap(E);
-  for (int e = 0; e < E; ++e) heap[e] = MakeKey(-w[e], e);
+  for (int e = 0; e < E; ++e) heap[e] = MakeKey(-(w[e] / count[e]), e);
   std::make_heap(heap.begin(), heap.end(), std::greater<>());
-  for (int extra = slots - E; extra > 0 && !heap.empty();) {
+  while (extra > 0 && !heap.empty()) {
     const int e = KeyId(heap.front());
     if (count[e] >= ranks) {
       std::pop_heap(heap.begin(), heap.end(), std::greater<>());
