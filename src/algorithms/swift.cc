@@ -286,6 +286,9 @@ class PeakSearch : public LayerState {
       if (dx > best.value) {
         for (int pi = 0; pi < partners; ++pi) {
           const int j = order_[pi];
+          // j's new load is at least load - (the largest piece) + px - dx, and partners come
+          // lightest first: once that leaves no gain over the best, no later partner can.
+          if (lh - (load_[j] - max_piece_ + px - dx) <= best.value) break;
           if (j == h || Holds(j, x)) continue;
           for (int t = 0; t < S_; ++t) {
             const int jt = j * S_ + t;
@@ -324,11 +327,13 @@ class PeakSearch : public LayerState {
       return Piece(a) > Piece(b) || (Piece(a) == Piece(b) && a < b);
     });
     hot_.resize(k);
+    max_piece_ = k > 0 ? Piece(hot_[0]) : 0.0;
   }
 
   static constexpr int kPairBudget = 128;
   static constexpr int kHot = 8;
   std::vector<int> hot_;
+  double max_piece_ = 0;  // the largest load per replica (hot_ comes largest first)
 };
 
 // Incremental refinement: greedy descent on the excess of one layer, the sum over ranks of
