@@ -330,7 +330,7 @@ class PeakSearch : public LayerState {
     max_piece_ = k > 0 ? Piece(hot_[0]) : 0.0;
   }
 
-  static constexpr int kPairBudget = 128;
+  static constexpr int kPairBudget = 96;  // 24 partners at 2 slots per rank, 8 from 4 up
   static constexpr int kHot = 8;
   std::vector<int> hot_;
   double max_piece_ = 0;  // the largest load per replica (hot_ comes largest first)
