@@ -61,27 +61,33 @@ void BM_FromScratch(benchmark::State& state, const char* algorithm) {
   state.counters["balancedness"] = MeanBalancedness(load, last);
 }
 
-// Re-plan after a workload shift: prefill_in512's placement, prefill_in4096's load.
-void BM_AfterShift(benchmark::State& state, const char* algorithm) {
-  LoadMatrix a, b;
-  if (!LoadOrSkip(state, "prefill_in512", &a) || !LoadOrSkip(state, "prefill_in4096", &b)) return;
+// Times Balance() + PlanTransfers() from swift's placement for `before` to the load `after`.
+void TimeReplan(benchmark::State& state, const char* algorithm, const LoadMatrix& before,
+                const LoadMatrix& after) {
   const Shape shape =
       DeepSeekShape(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
   auto swift = std::move(*MakeBalancer("swift"));
-  const Placement old = swift->Balance({&a, shape, nullptr})->placement;
+  const Placement old = swift->Balance({&before, shape, nullptr})->placement;
   auto balancer = std::move(*MakeBalancer(algorithm));
   Placement last;
   double changed = 0;
   for (auto _ : state) {
-    auto r = balancer->Balance({&b, shape, &old});
+    auto r = balancer->Balance({&after, shape, &old});
     auto plan = PlanTransfers(old, r->placement, shape);
     benchmark::DoNotOptimize(plan);
     changed = static_cast<double>(plan->slots_changed) / (shape.layers * shape.slots());
     last = std::move(plan->final_placement);
   }
-  const double balancedness = MeanBalancedness(b, last);
-  state.counters["balancedness"] = balancedness;
+  state.counters["stale"] = MeanBalancedness(after, old);
+  state.counters["balancedness"] = MeanBalancedness(after, last);
   state.counters["slots_changed"] = changed;
+}
+
+// Re-plan after a workload shift: prefill_in512's placement, prefill_in4096's load.
+void BM_AfterShift(benchmark::State& state, const char* algorithm) {
+  LoadMatrix a, b;
+  if (!LoadOrSkip(state, "prefill_in512", &a) || !LoadOrSkip(state, "prefill_in4096", &b)) return;
+  TimeReplan(state, algorithm, a, b);
 }
 
 // Steady state: the placement swift built for prefill_in4096, and the same load with every
@@ -90,30 +96,13 @@ void BM_AfterShift(benchmark::State& state, const char* algorithm) {
 void BM_Drift(benchmark::State& state, const char* algorithm) {
   LoadMatrix a;
   if (!LoadOrSkip(state, "prefill_in4096", &a)) return;
-  const Shape shape =
-      DeepSeekShape(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
-  auto swift = std::move(*MakeBalancer("swift"));
-  const Placement old = swift->Balance({&a, shape, nullptr})->placement;
   LoadMatrix b = a;
   std::mt19937_64 rng(7);
   std::uniform_real_distribution<double> factor(0.8, 1.2);
   for (int l = 0; l < b.layers(); ++l) {
     for (double& v : b.row(l)) v *= factor(rng);
   }
-  auto balancer = std::move(*MakeBalancer(algorithm));
-  Placement last;
-  double changed = 0;
-  for (auto _ : state) {
-    auto r = balancer->Balance({&b, shape, &old});
-    auto plan = PlanTransfers(old, r->placement, shape);
-    benchmark::DoNotOptimize(plan);
-    changed = static_cast<double>(plan->slots_changed) / (shape.layers * shape.slots());
-    last = std::move(plan->final_placement);
-  }
-  const double balancedness = MeanBalancedness(b, last);
-  state.counters["stale"] = MeanBalancedness(b, old);
-  state.counters["balancedness"] = balancedness;
-  state.counters["slots_changed"] = changed;
+  TimeReplan(state, algorithm, a, b);
 }
 
 BENCHMARK_CAPTURE(BM_FromScratch, swift, "swift")
