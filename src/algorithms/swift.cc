@@ -74,12 +74,14 @@ class LayerState {
  public:
   void Reset(std::span<const double> w, std::span<const int> phy2log, int ranks, int slots_per_rank,
              bool track_changes) {
+    // Clears only the entries the previous layer set when the shape is the same.
+    const bool same_shape =
+        ranks == R_ && slots_per_rank == S_ && static_cast<int>(w.size()) == E_ && !slot_.empty();
     w_ = w;
     R_ = ranks;
     S_ = slots_per_rank;
     E_ = static_cast<int>(w.size());
-    // Clears only the entries the previous layer set when the shape is the same.
-    if (holds_.size() == static_cast<size_t>(R_) * E_ && slot_.size() == phy2log.size()) {
+    if (same_shape) {
       for (size_t i = 0; i < slot_.size(); ++i) holds_[i / S_ * E_ + slot_[i]] = 0;
     } else {
       holds_.assign(static_cast<size_t>(R_) * E_, 0);
