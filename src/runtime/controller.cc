@@ -163,7 +163,8 @@ struct Controller::Impl {
   std::vector<int> outcome;    // per layer: 0 open / unchanged, 1 committed, -1 rolled back
   std::vector<char> finished;  // per layer, during a move
   Clock::time_point move_start;
-  std::deque<Commit> commits;  // the latest kCommitLogCapacity
+  std::vector<Commit> commits;  // the latest kCommitLogCapacity, a ring once full
+  size_t commits_oldest = 0;    // index of the oldest entry
   TagPool tags;
   Status input_error;  // a bad RecordLoad, reported by the next Step
   uint32_t record_calls = 0;
@@ -481,8 +482,12 @@ struct Controller::Impl {
     std::copy(next.begin(), next.end(), placement.layer(l).begin());
     ++epoch[l];
     Publish(l);
-    commits.push_back({step, l, epoch[l]});
-    if (commits.size() > kCommitLogCapacity) commits.pop_front();
+    if (commits.size() < kCommitLogCapacity) {
+      commits.push_back({step, l, epoch[l]});
+    } else {
+      commits[commits_oldest] = {step, l, epoch[l]};
+      commits_oldest = (commits_oldest + 1) % kCommitLogCapacity;
+    }
     finished[l] = 1;
     outcome[l] = 1;
     session->Release(l);
@@ -860,7 +865,10 @@ RuntimeMetrics Controller::Metrics() const {
 }
 
 std::vector<Controller::Commit> Controller::CommitLog() const {
-  return {impl_->commits.begin(), impl_->commits.end()};
+  const auto& log = impl_->commits;
+  std::vector<Commit> out(log.begin() + impl_->commits_oldest, log.end());
+  out.insert(out.end(), log.begin(), log.begin() + impl_->commits_oldest);
+  return out;
 }
 
 bool Controller::CycleInProgress() const {
