@@ -352,6 +352,8 @@ class ExcessSearch : public LayerState {
     touched_.assign(R_, 0);
     gain_add_.resize(E_);
     loss_remove_.resize(E_);
+    hot_seen_.assign(E_, 0);
+    hot_stamp_ = 0;
     for (int round = 1; round <= max_rounds; ++round) {
       Prepare(round);
       if (overloaded_.empty()) return;
@@ -452,10 +454,17 @@ class ExcessSearch : public LayerState {
       }
     }
     std::make_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
-    // Experts that would gain from one more replica, best first.
+    // Experts that would gain from one more replica, best first: only an expert held by an
+    // overloaded rank can.
     hot_.clear();
-    for (int e = 0; e < E_; ++e) {
-      if (gain_add_[e] > 0) hot_.push_back(e);
+    ++hot_stamp_;
+    for (int r : overloaded_) {
+      for (int t = 0; t < S_; ++t) {
+        const int e = slot_[r * S_ + t];
+        if (hot_seen_[e] == hot_stamp_ || !(gain_add_[e] > 0)) continue;
+        hot_seen_[e] = hot_stamp_;
+        hot_.push_back(e);
+      }
     }
     // Only the best kHot can matter to a round: the others are cut by the round's threshold.
     const size_t top = std::min(hot_.size(), static_cast<size_t>(kHot));
@@ -592,6 +601,8 @@ class ExcessSearch : public LayerState {
   std::vector<std::pair<double, int>> donors_;      // (cost, slot), cheapest first
   std::vector<std::pair<double, int>> donor_heap_;  // the donors not yet sorted into donors_
   std::vector<int> hot_;                        // the kHot experts with most gain_add_ > 0
+  std::vector<int> hot_seen_;                   // per expert: hot_stamp_ when last collected
+  int hot_stamp_ = 0;
   std::vector<Step> steps_;
   std::vector<int> touched_;  // round in which a rank's load last changed
 };
