@@ -15,13 +15,14 @@
 #include <thread>
 #include <vector>
 
+#include "testing/comm_checks.h"
+
 namespace eplb {
 namespace {
 
 using std::chrono::milliseconds;
 
-// Generous: only reached when something is broken, and TSan on a loaded machine is slow.
-constexpr milliseconds kLong(20000);
+constexpr milliseconds kLong = testing::kCommWait;
 
 // Runs `body(comm)` on one thread per rank of a fresh world of `size` ranks.
 void RunWorld(int size, const std::function<void(Communicator&)>& body) {
@@ -34,26 +35,6 @@ void RunWorld(int size, const std::function<void(Communicator&)>& body) {
   }
   for (auto& t : threads) t.join();
 }
-
-// The deterministic content of message `index` from `src` to `dst`; both sides compute it.
-std::vector<std::byte> Payload(uint64_t seed, int src, int dst, int index, std::size_t bytes) {
-  std::mt19937_64 rng(seed ^ (static_cast<uint64_t>(src) << 40) ^
-                      (static_cast<uint64_t>(dst) << 20) ^ static_cast<uint64_t>(index));
-  std::vector<std::byte> out(bytes);
-  for (auto& b : out) b = static_cast<std::byte>(rng() & 0xff);
-  return out;
-}
-
-std::size_t PayloadSize(uint64_t seed, int src, int dst, int index) {
-  std::mt19937_64 rng(seed * 31 + static_cast<uint64_t>(src * 1000003 + dst * 1009 + index));
-  // Mostly small, sometimes empty, sometimes tens of kilobytes.
-  const uint64_t kind = rng() % 10;
-  if (kind == 0) return 0;
-  if (kind < 8) return 1 + rng() % 256;
-  return 1 + rng() % 40000;
-}
-
-std::span<const std::byte> Bytes(const std::vector<std::byte>& v) { return v; }
 
 class InProcessTest : public ::testing::TestWithParam<int> {};
 
@@ -70,116 +51,17 @@ TEST_P(InProcessTest, RanksAndSize) {
 }
 
 TEST_P(InProcessTest, RingExchange) {
-  RunWorld(GetParam(), [](Communicator& comm) {
-    const int n = comm.size();
-    const int next = (comm.rank() + 1) % n;
-    const int prev = (comm.rank() + n - 1) % n;
-    for (int round = 0; round < 200; ++round) {
-      std::vector<int64_t> out = {comm.rank(), round, comm.rank() * 1000 + round};
-      std::vector<int64_t> in(3, -1);
-      auto recv = comm.IRecv(prev, 7, std::as_writable_bytes(std::span(in)));
-      ASSERT_TRUE(recv.ok()) << recv.status().ToString();
-      auto send = comm.ISend(next, 7, std::as_bytes(std::span(out)));
-      ASSERT_TRUE(send.ok()) << send.status().ToString();
-      out.assign(3, -7);  // the send copied its input
-      ASSERT_TRUE(comm.Wait(*send, kLong).ok());
-      Status s = comm.Wait(*recv, kLong);
-      ASSERT_TRUE(s.ok()) << s.ToString();
-      EXPECT_EQ(in, (std::vector<int64_t>{prev, round, prev * 1000 + round}));
-    }
-  });
+  RunWorld(GetParam(), [](Communicator& comm) { testing::CheckRingExchange(comm, 200); });
 }
 
 TEST_P(InProcessTest, ManyMessagesWithRandomSizesByteForByte) {
-  constexpr uint64_t kSeed = 20240611;
-  constexpr int kPerPair = 12;
-  SCOPED_TRACE("seed " + std::to_string(kSeed));
   RunWorld(GetParam(), [](Communicator& comm) {
-    const int n = comm.size();
-    const int me = comm.rank();
-    // Post every receive first (from every source, self included), then send everything.
-    std::vector<std::vector<std::byte>> buffers;
-    std::vector<Request> receives;
-    std::vector<std::pair<int, int>> origin;  // (src, index) of each receive
-    for (int src = 0; src < n; ++src) {
-      for (int i = 0; i < kPerPair; ++i) {
-        buffers.emplace_back(PayloadSize(kSeed, src, me, i));
-        origin.emplace_back(src, i);
-      }
-    }
-    for (std::size_t k = 0; k < buffers.size(); ++k) {
-      auto r = comm.IRecv(origin[k].first, 3, buffers[k]);
-      ASSERT_TRUE(r.ok()) << r.status().ToString();
-      receives.push_back(std::move(*r));
-    }
-    std::vector<Request> sends;
-    for (int i = 0; i < kPerPair; ++i) {
-      for (int d = 0; d < n; ++d) {
-        const int dst = (me + d) % n;
-        auto s =
-            comm.ISend(dst, 3, Bytes(Payload(kSeed, me, dst, i, PayloadSize(kSeed, me, dst, i))));
-        ASSERT_TRUE(s.ok()) << s.status().ToString();
-        sends.push_back(std::move(*s));
-      }
-    }
-    Status s = comm.WaitAll(sends, kLong);
-    ASSERT_TRUE(s.ok()) << s.ToString();
-    s = comm.WaitAll(receives, kLong);
-    ASSERT_TRUE(s.ok()) << s.ToString();
-    for (std::size_t k = 0; k < buffers.size(); ++k) {
-      const auto [src, i] = origin[k];
-      EXPECT_EQ(buffers[k], Payload(kSeed, src, me, i, buffers[k].size()))
-          << "rank " << me << " message " << i << " from rank " << src;
-    }
+    testing::CheckManyMessagesByteForByte(comm, 20240611, 12, 40000);
   });
 }
 
 TEST_P(InProcessTest, OutOfOrderPostingAndWaiting) {
-  RunWorld(GetParam(), [](Communicator& comm) {
-    const int n = comm.size();
-    const int me = comm.rank();
-    const int peer = n - 1 - me;  // pairs up ranks; the middle rank of an odd world talks to itself
-    constexpr int kTags = 5;
-    constexpr int kPerTag = 4;
-    // Receives for tags in reverse order, waited on in reverse posting order.
-    std::vector<int32_t> got(kTags * kPerTag, -1);
-    std::vector<Request> receives;
-    for (int tag = kTags - 1; tag >= 0; --tag) {
-      for (int k = 0; k < kPerTag; ++k) {
-        auto r =
-            comm.IRecv(peer, tag, std::as_writable_bytes(std::span(&got[tag * kPerTag + k], 1)));
-        ASSERT_TRUE(r.ok());
-        receives.push_back(std::move(*r));
-      }
-    }
-    // Half of the sends go before a barrier, half after: both matching paths (message queued
-    // before the receive, receive posted before the message) are taken.
-    std::vector<Request> sends;
-    auto send = [&](int tag, int k) {
-      const int32_t value = me * 10000 + tag * 100 + k;
-      auto s = comm.ISend(peer, tag, std::as_bytes(std::span(&value, 1)));
-      ASSERT_TRUE(s.ok());
-      sends.push_back(std::move(*s));
-    };
-    for (int tag = 0; tag < kTags; ++tag) {
-      for (int k = 0; k < kPerTag / 2; ++k) send(tag, k);
-    }
-    std::vector<std::byte> token(1), all(n);
-    ASSERT_TRUE(comm.AllGather(token, all, kLong).ok());
-    for (int tag = 0; tag < kTags; ++tag) {
-      for (int k = kPerTag / 2; k < kPerTag; ++k) send(tag, k);
-    }
-    for (auto it = receives.rbegin(); it != receives.rend(); ++it) {
-      Status s = comm.Wait(*it, kLong);
-      ASSERT_TRUE(s.ok()) << s.ToString();
-    }
-    ASSERT_TRUE(comm.WaitAll(sends, kLong).ok());
-    for (int tag = 0; tag < kTags; ++tag) {
-      for (int k = 0; k < kPerTag; ++k) {
-        EXPECT_EQ(got[tag * kPerTag + k], peer * 10000 + tag * 100 + k) << "tag " << tag;
-      }
-    }
-  });
+  RunWorld(GetParam(), testing::CheckOutOfOrderPostingAndWaiting);
 }
 
 TEST_P(InProcessTest, TestPollsUntilTheMessageArrives) {
@@ -229,83 +111,11 @@ TEST_P(InProcessTest, TestPollsUntilTheMessageArrives) {
 }
 
 TEST_P(InProcessTest, AllGatherBlockingAndNonBlocking) {
-  RunWorld(GetParam(), [](Communicator& comm) {
-    const int n = comm.size();
-    const int me = comm.rank();
-    for (int round = 0; round < 300; ++round) {
-      const std::size_t bytes = static_cast<std::size_t>(round % 17);  // includes 0
-      std::vector<std::byte> mine(bytes);
-      for (std::size_t i = 0; i < bytes; ++i) mine[i] = static_cast<std::byte>(me * 31 + round + i);
-      std::vector<std::byte> all(bytes * n, std::byte{0xee});
-      if (round % 2 == 0) {
-        Status s = comm.AllGather(mine, all, kLong);
-        ASSERT_TRUE(s.ok()) << s.ToString();
-      } else {
-        auto r = comm.IAllGather(mine, all);
-        ASSERT_TRUE(r.ok()) << r.status().ToString();
-        mine.assign(bytes, std::byte{0});  // the input was copied
-        ASSERT_TRUE(comm.Wait(*r, kLong).ok());
-      }
-      for (int src = 0; src < n; ++src) {
-        for (std::size_t i = 0; i < bytes; ++i) {
-          ASSERT_EQ(all[src * bytes + i], static_cast<std::byte>(src * 31 + round + i))
-              << "round " << round << " rank " << me << " from " << src;
-        }
-      }
-    }
-  });
+  RunWorld(GetParam(), [](Communicator& comm) { testing::CheckAllGather(comm, 300); });
 }
 
 TEST_P(InProcessTest, AllReduceInt64AndDouble) {
-  RunWorld(GetParam(), [](Communicator& comm) {
-    const int n = comm.size();
-    const int me = comm.rank();
-    for (int round = 0; round < 150; ++round) {
-      const int len = 1 + round % 5;
-      for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMin, ReduceOp::kMax}) {
-        SCOPED_TRACE(std::string(ReduceOpName(op)) + " round " + std::to_string(round));
-        std::vector<int64_t> in(len), out(len, -1);
-        std::vector<double> din(len), dout(len, -1);
-        for (int i = 0; i < len; ++i) {
-          in[i] = (me - 2) * 1000003LL + i * round;
-          din[i] = (me - 2) * 0.5 + i;  // exact in binary: sums do not depend on order
-        }
-        if (round % 2 == 0) {
-          ASSERT_TRUE(comm.AllReduce(in, out, op, kLong).ok());
-          ASSERT_TRUE(comm.AllReduce(din, dout, op, kLong).ok());
-        } else {
-          auto a = comm.IAllReduce(in, out, op);
-          auto b = comm.IAllReduce(din, dout, op);
-          ASSERT_TRUE(a.ok() && b.ok());
-          ASSERT_TRUE(comm.Wait(*b, kLong).ok());  // completion order is the caller's choice
-          ASSERT_TRUE(comm.Wait(*a, kLong).ok());
-        }
-        for (int i = 0; i < len; ++i) {
-          int64_t want = 0;
-          double dwant = 0;
-          for (int r = 0; r < n; ++r) {
-            const int64_t v = (r - 2) * 1000003LL + i * round;
-            const double dv = (r - 2) * 0.5 + i;
-            if (r == 0) {
-              want = v;
-              dwant = dv;
-            } else if (op == ReduceOp::kSum) {
-              want += v;
-              dwant += dv;
-            } else if (op == ReduceOp::kMin) {
-              want = std::min(want, v);
-              dwant = std::min(dwant, dv);
-            } else {
-              want = std::max(want, v);
-              dwant = std::max(dwant, dv);
-            }
-          }
-          ASSERT_EQ(out[i], want);
-          ASSERT_EQ(dout[i], dwant);
-        }
-      }
-    }
-  });
+  RunWorld(GetParam(), [](Communicator& comm) { testing::CheckAllReduce(comm, 150); });
 }
 
 TEST_P(InProcessTest, AllReduceInPlace) {
@@ -321,61 +131,7 @@ TEST_P(InProcessTest, AllReduceInPlace) {
 // waiting, so several are in flight at once.
 TEST_P(InProcessTest, NonBlockingCollectivesTestedOneStepLater) {
   RunWorld(GetParam(), [](Communicator& comm) {
-    const int n = comm.size();
-    const int me = comm.rank();
-    constexpr int kSteps = 400;
-    struct InFlight {
-      int step;
-      std::vector<int64_t> load;
-      std::vector<int64_t> gathered;
-      double mine;
-      double total;
-      Request gather;
-      Request reduce;
-    };
-    std::vector<std::unique_ptr<InFlight>> pending;
-    int completed = 0;
-    for (int step = 0; step < kSteps; ++step) {
-      // Test (never wait on) what earlier steps started, oldest first.
-      for (auto it = pending.begin(); it != pending.end();) {
-        InFlight& f = **it;
-        auto g = comm.Test(f.gather);
-        auto r = comm.Test(f.reduce);
-        ASSERT_TRUE(g.ok() && r.ok()) << g.status().ToString() << r.status().ToString();
-        if (!*g || !*r) {
-          ++it;
-          continue;
-        }
-        for (int src = 0; src < n; ++src) {
-          ASSERT_EQ(f.gathered[src * 2], src);
-          ASSERT_EQ(f.gathered[src * 2 + 1], f.step * 7 + src);
-        }
-        ASSERT_EQ(f.total, n * (n - 1) / 2.0 + n * 0.25 * f.step);
-        ++completed;
-        it = pending.erase(it);
-      }
-      // Every rank starts one pair per step whatever its Tests said, so the sequences match.
-      auto f = std::make_unique<InFlight>();
-      f->step = step;
-      f->load = {me, step * 7 + me};
-      f->gathered.assign(2 * n, -1);
-      f->mine = me + 0.25 * step;
-      auto g = comm.IAllGather(std::as_bytes(std::span(f->load)),
-                               std::as_writable_bytes(std::span(f->gathered)));
-      auto r = comm.IAllReduce(std::span<const double>(&f->mine, 1), std::span(&f->total, 1),
-                               ReduceOp::kSum);
-      ASSERT_TRUE(g.ok() && r.ok());
-      f->gather = std::move(*g);
-      f->reduce = std::move(*r);
-      pending.push_back(std::move(f));
-      std::this_thread::yield();
-    }
-    for (auto& f : pending) {
-      ASSERT_TRUE(comm.Wait(f->gather, kLong).ok());
-      ASSERT_TRUE(comm.Wait(f->reduce, kLong).ok());
-      ++completed;
-    }
-    EXPECT_GT(completed, 0);
+    testing::CheckNonBlockingCollectivesTestedOneStepLater(comm, 400);
   });
 }
 

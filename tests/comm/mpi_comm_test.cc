@@ -16,31 +16,16 @@
 #include <vector>
 
 #include "eplb/comm.h"
+#include "testing/comm_checks.h"
 
 namespace eplb {
 namespace {
 
 using std::chrono::milliseconds;
 
-constexpr milliseconds kLong(20000);
+constexpr milliseconds kLong = testing::kCommWait;
 
 Communicator* g_comm = nullptr;  // set by main before any test runs
-
-std::vector<std::byte> Payload(uint64_t seed, int src, int dst, int index, std::size_t bytes) {
-  std::mt19937_64 rng(seed ^ (static_cast<uint64_t>(src) << 40) ^
-                      (static_cast<uint64_t>(dst) << 20) ^ static_cast<uint64_t>(index));
-  std::vector<std::byte> out(bytes);
-  for (auto& b : out) b = static_cast<std::byte>(rng() & 0xff);
-  return out;
-}
-
-std::size_t PayloadSize(uint64_t seed, int src, int dst, int index) {
-  std::mt19937_64 rng(seed * 31 + static_cast<uint64_t>(src * 1000003 + dst * 1009 + index));
-  const uint64_t kind = rng() % 10;
-  if (kind == 0) return 0;
-  if (kind < 8) return 1 + rng() % 256;
-  return 1 + rng() % 200000;  // above OpenMPI's eager limit: the rendezvous protocol too
-}
 
 void Barrier(Communicator& comm) {
   std::vector<std::byte> one(1), all(comm.size());
@@ -55,234 +40,21 @@ TEST(MpiComm, RankAndSize) {
   EXPECT_STREQ(comm.backend(), "mpi");
 }
 
-TEST(MpiComm, RingExchange) {
-  Communicator& comm = *g_comm;
-  const int n = comm.size();
-  const int next = (comm.rank() + 1) % n;
-  const int prev = (comm.rank() + n - 1) % n;
-  for (int round = 0; round < 100; ++round) {
-    std::vector<int64_t> out = {comm.rank(), round};
-    std::vector<int64_t> in(2, -1);
-    auto recv = comm.IRecv(prev, 7, std::as_writable_bytes(std::span(in)));
-    auto send = comm.ISend(next, 7, std::as_bytes(std::span(out)));
-    ASSERT_TRUE(recv.ok() && send.ok());
-    out.assign(2, -7);  // the send copied its input
-    ASSERT_TRUE(comm.Wait(*send, kLong).ok());
-    Status s = comm.Wait(*recv, kLong);
-    ASSERT_TRUE(s.ok()) << s.ToString();
-    EXPECT_EQ(in, (std::vector<int64_t>{prev, round}));
-  }
-}
+TEST(MpiComm, RingExchange) { testing::CheckRingExchange(*g_comm, 100); }
 
 TEST(MpiComm, ManyMessagesWithRandomSizesByteForByte) {
-  constexpr uint64_t kSeed = 77;
-  constexpr int kPerPair = 8;
-  SCOPED_TRACE("seed " + std::to_string(kSeed));
-  Communicator& comm = *g_comm;
-  const int n = comm.size();
-  const int me = comm.rank();
-  std::vector<std::vector<std::byte>> buffers;
-  std::vector<std::pair<int, int>> origin;
-  for (int src = 0; src < n; ++src) {
-    for (int i = 0; i < kPerPair; ++i) {
-      buffers.emplace_back(PayloadSize(kSeed, src, me, i));
-      origin.emplace_back(src, i);
-    }
-  }
-  std::vector<Request> receives;
-  for (std::size_t k = 0; k < buffers.size(); ++k) {
-    auto r = comm.IRecv(origin[k].first, 3, buffers[k]);
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-    receives.push_back(std::move(*r));
-  }
-  std::vector<Request> sends;
-  for (int i = 0; i < kPerPair; ++i) {
-    for (int d = 0; d < n; ++d) {
-      const int dst = (me + d) % n;
-      std::vector<std::byte> data = Payload(kSeed, me, dst, i, PayloadSize(kSeed, me, dst, i));
-      auto s = comm.ISend(dst, 3, data);
-      ASSERT_TRUE(s.ok()) << s.status().ToString();
-      sends.push_back(std::move(*s));
-    }
-  }
-  Status s = comm.WaitAll(receives, kLong);
-  ASSERT_TRUE(s.ok()) << s.ToString();
-  s = comm.WaitAll(sends, kLong);
-  ASSERT_TRUE(s.ok()) << s.ToString();
-  for (std::size_t k = 0; k < buffers.size(); ++k) {
-    const auto [src, i] = origin[k];
-    EXPECT_EQ(buffers[k], Payload(kSeed, src, me, i, buffers[k].size()))
-        << "rank " << me << " message " << i << " from rank " << src;
-  }
+  // Up to 200 kB: above OpenMPI's eager limit, so the rendezvous protocol is taken too.
+  testing::CheckManyMessagesByteForByte(*g_comm, 77, 8, 200000);
 }
 
-TEST(MpiComm, OutOfOrderPostingAndWaiting) {
-  Communicator& comm = *g_comm;
-  const int n = comm.size();
-  const int me = comm.rank();
-  const int peer = n - 1 - me;
-  constexpr int kTags = 4;
-  constexpr int kPerTag = 4;
-  std::vector<int32_t> got(kTags * kPerTag, -1);
-  std::vector<Request> receives;
-  for (int tag = kTags - 1; tag >= 0; --tag) {
-    for (int k = 0; k < kPerTag; ++k) {
-      auto r = comm.IRecv(peer, 100 + tag,
-                          std::as_writable_bytes(std::span(&got[tag * kPerTag + k], 1)));
-      ASSERT_TRUE(r.ok());
-      receives.push_back(std::move(*r));
-    }
-  }
-  std::vector<Request> sends;
-  for (int tag = 0; tag < kTags; ++tag) {
-    for (int k = 0; k < kPerTag; ++k) {
-      const int32_t value = me * 10000 + tag * 100 + k;
-      auto s = comm.ISend(peer, 100 + tag, std::as_bytes(std::span(&value, 1)));
-      ASSERT_TRUE(s.ok());
-      sends.push_back(std::move(*s));
-    }
-  }
-  for (auto it = receives.rbegin(); it != receives.rend(); ++it) {
-    Status s = comm.Wait(*it, kLong);
-    ASSERT_TRUE(s.ok()) << s.ToString();
-  }
-  ASSERT_TRUE(comm.WaitAll(sends, kLong).ok());
-  for (int tag = 0; tag < kTags; ++tag) {
-    for (int k = 0; k < kPerTag; ++k) {
-      EXPECT_EQ(got[tag * kPerTag + k], peer * 10000 + tag * 100 + k) << "tag " << tag;
-    }
-  }
-}
+TEST(MpiComm, OutOfOrderPostingAndWaiting) { testing::CheckOutOfOrderPostingAndWaiting(*g_comm); }
 
-TEST(MpiComm, AllGatherBlockingAndNonBlocking) {
-  Communicator& comm = *g_comm;
-  const int n = comm.size();
-  const int me = comm.rank();
-  for (int round = 0; round < 100; ++round) {
-    const std::size_t bytes = static_cast<std::size_t>(round % 13);
-    std::vector<std::byte> mine(bytes);
-    for (std::size_t i = 0; i < bytes; ++i) mine[i] = static_cast<std::byte>(me * 31 + round + i);
-    std::vector<std::byte> all(bytes * n, std::byte{0xee});
-    if (round % 2 == 0) {
-      Status s = comm.AllGather(mine, all, kLong);
-      ASSERT_TRUE(s.ok()) << s.ToString();
-    } else {
-      auto r = comm.IAllGather(mine, all);
-      ASSERT_TRUE(r.ok()) << r.status().ToString();
-      mine.assign(bytes, std::byte{0});
-      ASSERT_TRUE(comm.Wait(*r, kLong).ok());
-    }
-    for (int src = 0; src < n; ++src) {
-      for (std::size_t i = 0; i < bytes; ++i) {
-        ASSERT_EQ(all[src * bytes + i], static_cast<std::byte>(src * 31 + round + i))
-            << "round " << round << " from " << src;
-      }
-    }
-  }
-}
+TEST(MpiComm, AllGatherBlockingAndNonBlocking) { testing::CheckAllGather(*g_comm, 100); }
 
-TEST(MpiComm, AllReduceInt64AndDouble) {
-  Communicator& comm = *g_comm;
-  const int n = comm.size();
-  const int me = comm.rank();
-  for (int round = 0; round < 40; ++round) {
-    const int len = 1 + round % 5;
-    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMin, ReduceOp::kMax}) {
-      SCOPED_TRACE(std::string(ReduceOpName(op)) + " round " + std::to_string(round));
-      std::vector<int64_t> in(len), out(len, -1);
-      std::vector<double> din(len), dout(len, -1);
-      for (int i = 0; i < len; ++i) {
-        in[i] = (me - 2) * 1000003LL + i * round;
-        din[i] = (me - 2) * 0.5 + i;
-      }
-      if (round % 2 == 0) {
-        ASSERT_TRUE(comm.AllReduce(in, out, op, kLong).ok());
-        ASSERT_TRUE(comm.AllReduce(din, dout, op, kLong).ok());
-      } else {
-        auto a = comm.IAllReduce(in, out, op);
-        auto b = comm.IAllReduce(din, dout, op);
-        ASSERT_TRUE(a.ok() && b.ok());
-        ASSERT_TRUE(comm.Wait(*b, kLong).ok());
-        ASSERT_TRUE(comm.Wait(*a, kLong).ok());
-      }
-      for (int i = 0; i < len; ++i) {
-        int64_t want = 0;
-        double dwant = 0;
-        for (int r = 0; r < n; ++r) {
-          const int64_t v = (r - 2) * 1000003LL + i * round;
-          const double dv = (r - 2) * 0.5 + i;
-          if (r == 0) {
-            want = v;
-            dwant = dv;
-          } else if (op == ReduceOp::kSum) {
-            want += v;
-            dwant += dv;
-          } else if (op == ReduceOp::kMin) {
-            want = std::min(want, v);
-            dwant = std::min(dwant, dv);
-          } else {
-            want = std::max(want, v);
-            dwant = std::max(dwant, dv);
-          }
-        }
-        ASSERT_EQ(out[i], want);
-        ASSERT_EQ(dout[i], dwant);
-      }
-    }
-  }
-}
+TEST(MpiComm, AllReduceInt64AndDouble) { testing::CheckAllReduce(*g_comm, 40); }
 
 TEST(MpiComm, NonBlockingCollectivesTestedOneStepLater) {
-  Communicator& comm = *g_comm;
-  const int n = comm.size();
-  const int me = comm.rank();
-  constexpr int kSteps = 200;
-  struct InFlight {
-    int step;
-    std::vector<int64_t> load;
-    std::vector<int64_t> gathered;
-    int64_t mine;
-    int64_t total;
-    Request gather;
-    Request reduce;
-  };
-  std::vector<std::unique_ptr<InFlight>> pending;
-  for (int step = 0; step < kSteps; ++step) {
-    for (auto it = pending.begin(); it != pending.end();) {
-      InFlight& f = **it;
-      auto g = comm.Test(f.gather);
-      auto r = comm.Test(f.reduce);
-      ASSERT_TRUE(g.ok() && r.ok()) << g.status().ToString() << r.status().ToString();
-      if (!*g || !*r) {
-        ++it;
-        continue;
-      }
-      for (int src = 0; src < n; ++src) {
-        ASSERT_EQ(f.gathered[src * 2], src);
-        ASSERT_EQ(f.gathered[src * 2 + 1], f.step * 7 + src);
-      }
-      ASSERT_EQ(f.total, int64_t{n} * f.step);
-      it = pending.erase(it);
-    }
-    // Every rank starts one pair per step whatever its Tests said, so the sequences match.
-    auto f = std::make_unique<InFlight>();
-    f->step = step;
-    f->load = {me, step * 7 + me};
-    f->gathered.assign(2 * n, -1);
-    f->mine = step;
-    auto g = comm.IAllGather(std::as_bytes(std::span(f->load)),
-                             std::as_writable_bytes(std::span(f->gathered)));
-    auto r = comm.IAllReduce(std::span<const int64_t>(&f->mine, 1), std::span(&f->total, 1),
-                             ReduceOp::kSum);
-    ASSERT_TRUE(g.ok() && r.ok());
-    f->gather = std::move(*g);
-    f->reduce = std::move(*r);
-    pending.push_back(std::move(f));
-  }
-  for (auto& f : pending) {
-    ASSERT_TRUE(comm.Wait(f->gather, kLong).ok());
-    ASSERT_TRUE(comm.Wait(f->reduce, kLong).ok());
-  }
+  testing::CheckNonBlockingCollectivesTestedOneStepLater(*g_comm, 200);
 }
 
 TEST(MpiComm, WaitOnAReceiveWithoutSenderTimesOut) {
