@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "eplb/runtime.h"
+#include "testing/engine_setup.h"
 #include "testing/random_cases.h"
 
 namespace eplb {
@@ -22,30 +23,10 @@ namespace {
 
 constexpr double kTolerance = 1e-5;
 
-EngineOptions SmallOptions() {
-  EngineOptions o;
-  o.layers = 3;
-  o.experts = 16;
-  o.top_k = 2;
-  o.hidden = 32;
-  o.ffn = 64;
-  o.tokens = 16;
-  o.seed = 7;
-  o.timeout_ms = 15000;
-  return o;
-}
+EngineOptions SmallOptions() { return testing::SmallEngineOptions(7, 15000); }
 
 RuntimeConfig DynamicConfig(const std::string& algorithm = "swift") {
-  RuntimeConfig c;
-  c.algorithm = algorithm;
-  c.dynamic_eplb = true;
-  c.expert_heat_collection_interval = 8;
-  c.algorithm_execution_interval = 2;
-  c.num_redundant_experts = 4;  // 20 slots: 5 per rank
-  c.max_layers_in_flight = 2;
-  c.transfer_timeout_ms = 15000;
-  c.algorithm_options.target_balancedness = 0.99;
-  return c;
+  return testing::SmallDynamicConfig(15000, algorithm);
 }
 
 // What one rank saw over a run.

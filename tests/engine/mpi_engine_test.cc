@@ -9,28 +9,14 @@
 
 #include "eplb/engine.h"
 #include "eplb/runtime.h"
+#include "testing/engine_setup.h"
 
 namespace {
 
 std::string Run(eplb::Communicator* control, eplb::Communicator* data, uint64_t* digest,
                 size_t* commits, double* max_difference) {
-  eplb::EngineOptions o;
-  o.layers = 3;
-  o.experts = 16;
-  o.top_k = 2;
-  o.hidden = 32;
-  o.ffn = 64;
-  o.tokens = 16;
-  o.seed = 11;
-  o.timeout_ms = 20000;
-  eplb::RuntimeConfig c;
-  c.dynamic_eplb = true;
-  c.expert_heat_collection_interval = 8;
-  c.algorithm_execution_interval = 2;
-  c.num_redundant_experts = 4;
-  c.max_layers_in_flight = 2;
-  c.transfer_timeout_ms = 20000;
-  c.algorithm_options.target_balancedness = 0.99;
+  const eplb::EngineOptions o = eplb::testing::SmallEngineOptions(11, 20000);
+  const eplb::RuntimeConfig c = eplb::testing::SmallDynamicConfig(20000);
   auto ref = eplb::DenseReference::Create(o);
   if (!ref.ok()) return ref.status().ToString();
   auto ctl = eplb::Controller::Create(c, {.layers = o.layers, .experts = o.experts}, control);
