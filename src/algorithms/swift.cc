@@ -312,8 +312,7 @@ class PeakSearch : public LayerState {
         const double other = MaxHolderExcept(x, h);
         for (int y : hot_) {
           if (y == x || Holds(h, y) || count_[y] >= R_) continue;
-          Consider(best, {Step::kRelease, hs, y}, lh,
-                   std::max(lh - px + PieceMore(y), other + dx));
+          Consider(best, {Step::kRelease, hs, y}, lh, std::max(lh - px + PieceMore(y), other + dx));
         }
       }
     }
@@ -600,8 +599,8 @@ class ExcessSearch : public LayerState {
   std::vector<double> gain_add_, loss_remove_;
   std::vector<std::pair<double, int>> donors_;      // (cost, slot), cheapest first
   std::vector<std::pair<double, int>> donor_heap_;  // the donors not yet sorted into donors_
-  std::vector<int> hot_;                        // the kHot experts with most gain_add_ > 0
-  std::vector<int> hot_seen_;                   // per expert: hot_stamp_ when last collected
+  std::vector<int> hot_;                            // the kHot experts with most gain_add_ > 0
+  std::vector<int> hot_seen_;                       // per expert: hot_stamp_ when last collected
   int hot_stamp_ = 0;
   std::vector<Step> steps_;
   std::vector<int> touched_;  // round in which a rank's load last changed
@@ -796,8 +795,7 @@ class Swift final : public Balancer {
         for (double target = options_.target_balancedness;;) {
           search.Reset(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
                        /*track_changes=*/true);
-          search.Improve(target, static_cast<int>(budget), options_.min_gain_per_change,
-                         max_steps);
+          search.Improve(target, static_cast<int>(budget), options_.min_gain_per_change, max_steps);
           const double got = search.Balancedness();
           if (search.changes() > 0 &&
               (got > best || (got == best && search.changes() < best_changes))) {

@@ -251,9 +251,10 @@ TEST_F(SwiftRealDataTest, AnUnreachableTargetStillLowersThePeak) {
   const double recompute = MeanBalancedness(b, fresh->placement);
   const double changed =
       static_cast<double>(SlotsChanged(pa->placement, pb->placement)) / (58.0 * shape.slots());
-  std::printf("256x2 prefill_in512 -> prefill_in4096: stale %.4f, swift %.4f with %.2f%% changed, "
-              "deepseek recompute %.4f\n",
-              MeanBalancedness(b, pa->placement), after, 100 * changed, recompute);
+  std::printf(
+      "256x2 prefill_in512 -> prefill_in4096: stale %.4f, swift %.4f with %.2f%% changed, "
+      "deepseek recompute %.4f\n",
+      MeanBalancedness(b, pa->placement), after, 100 * changed, recompute);
   EXPECT_GE(after, recompute - 0.01);
   EXPECT_LE(changed, 0.35);
 }
