@@ -121,7 +121,7 @@ class MoeEngine {
   // Dynamic placement: starts from controller->initial_placement() (which must have
   // options.layers layers, options.experts experts and comm->size() ranks), loads this rank's
   // slots, registers every slot (three tensors: gate, up, down) with the controller, which must not
-  // be started yet, and starts it.
+  // be started yet, and starts it. `comm` must not be the controller's communicator.
   static StatusOr<std::unique_ptr<MoeEngine>> Create(const EngineOptions& options,
                                                      Communicator* comm,
                                                      std::unique_ptr<Controller> controller);

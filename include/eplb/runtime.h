@@ -150,6 +150,8 @@ class Controller {
 
   int rank() const;
   int slots_per_rank() const;
+  // The communicator the controller uses (an engine's own traffic must go over another one).
+  Communicator* communicator() const;
   // The placement the controller starts from. The engine loads these experts' weights into its
   // slots before Start().
   const Placement& initial_placement() const;

@@ -339,6 +339,11 @@ StatusOr<std::unique_ptr<MoeEngine>> MoeEngine::Create(const EngineOptions& opti
   if (controller == nullptr) {
     return Status::Invalid("MoeEngine: no controller (use the Create with a static placement)");
   }
+  if (controller->communicator() == comm) {
+    return Status::Invalid(
+        "MoeEngine: the engine and its controller need separate communicators (the controller's "
+        "messages would match the engine's); give the engine a second world or MPI communicator");
+  }
   EPLB_RETURN_IF_ERROR(CheckPlacement(options, *comm, controller->initial_placement(),
                                       "the controller's initial placement"));
   engine_internal::UseSingleThreadedBlas();

@@ -805,6 +805,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
 
 int Controller::rank() const { return impl_->rank; }
 int Controller::slots_per_rank() const { return impl_->S; }
+Communicator* Controller::communicator() const { return impl_->comm; }
 const Placement& Controller::initial_placement() const { return impl_->initial; }
 
 Status Controller::RegisterExpert(int layer, int local_slot,

@@ -376,6 +376,15 @@ TEST(EngineTest, BadOptionsAndPlacementsAreRejected) {
   auto mismatch = MoeEngine::Create(good, world[0].get(), std::move(*other));
   ASSERT_FALSE(mismatch.ok());
   EXPECT_NE(mismatch.status().message().find("initial placement"), std::string::npos);
+  // A controller on the engine's own communicator.
+  auto shared = Controller::Create(
+      DynamicConfig(), {.layers = good.layers, .experts = good.experts}, world[0].get());
+  ASSERT_TRUE(shared.ok()) << shared.status().ToString();
+  auto same_comm = MoeEngine::Create(good, world[0].get(), std::move(*shared));
+  ASSERT_FALSE(same_comm.ok());
+  EXPECT_EQ(same_comm.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(same_comm.status().message().find("separate communicators"), std::string::npos)
+      << same_comm.status().message();
 }
 
 TEST(EngineTest, AFailedExchangeFailsEveryRankAndStaysFailed) {
