@@ -36,7 +36,6 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <queue>
 
 namespace eplb {
 namespace {
@@ -288,9 +287,6 @@ class PeakSearch : public LayerState {
       if (dx > best.value) {
         for (int pi = 0; pi < partners; ++pi) {
           const int j = order_[pi];
-          // j's new load is at least load - (the largest piece) + px - dx, and partners come
-          // lightest first: once that leaves no gain over the best, no later partner can.
-          if (lh - (load_[j] - max_piece_ + px - dx) <= best.value) break;
           if (j == h || Holds(j, x)) continue;
           for (int t = 0; t < S_; ++t) {
             const int jt = j * S_ + t;
@@ -328,13 +324,11 @@ class PeakSearch : public LayerState {
       return Piece(a) > Piece(b) || (Piece(a) == Piece(b) && a < b);
     });
     hot_.resize(k);
-    max_piece_ = k > 0 ? Piece(hot_[0]) : 0.0;
   }
 
   static constexpr int kPairBudget = 96;  // 24 partners at 2 slots per rank, 8 from 4 up
   static constexpr int kHot = 8;
   std::vector<int> hot_;
-  double max_piece_ = 0;  // the largest load per replica (hot_ comes largest first)
 };
 
 // Incremental refinement: greedy descent on the excess of one layer, the sum over ranks of
@@ -689,7 +683,7 @@ class Packer {
       const double piece = -KeyValue(k);
       const int e = KeyId(k);
       for (int c = 0; c < count[e]; ++c) {
-        while (last_[KeyId(heap_.front())] == e) Pop(skipped_);
+        while (last_[KeyId(heap_.front())] == e) SkipTop();
         const double load = KeyValue(heap_.front());
         const int r = KeyId(heap_.front());
         phy2log_[static_cast<size_t>(r) * slots_per_rank + fill_[r]++] = e;
@@ -706,9 +700,10 @@ class Packer {
 
  private:
   static constexpr double kFull = std::numeric_limits<double>::infinity();
-  void Pop(std::vector<Key>& to) {
+  // Sets the lightest rank aside (it holds the expert being placed) until the replica is placed.
+  void SkipTop() {
     std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
-    to.push_back(heap_.back());
+    skipped_.push_back(heap_.back());
     heap_.pop_back();
   }
   void Push(Key k) {
