@@ -98,7 +98,11 @@ class LayerState {
     less_.resize(E_);
     for (int e = 0; e < E_; ++e) Pieces(e);
     track_ = track_changes;
-    if (track_) orig_ = holds_;
+    if (track_) {
+      orig_ = holds_;
+      orig_slot_ = slot_;
+      arrived_.assign(R_, 0);
+    }
     changes_ = 0;
     load_.assign(R_, 0.0);
     total_ = 0;
@@ -128,6 +132,10 @@ class LayerState {
   int Changed(int r, int e) const {
     return track_ && !orig_[static_cast<size_t>(r) * E_ + e] ? 1 : 0;
   }
+  // How many of rank r's slots hold an expert r did not hold originally (tracked mode only).
+  int Arrived(int r) const { return arrived_[r]; }
+  // The expert slot i held originally (tracked mode only).
+  int OrigSlot(int i) const { return orig_slot_[i]; }
   std::span<const int> Holders(int e) const {
     return {holders_.data() + static_cast<size_t>(e) * R_, static_cast<size_t>(count_[e])};
   }
@@ -178,7 +186,9 @@ class LayerState {
   void SetSlot(int i, int e) {
     const int r = i / S_;
     const int old = slot_[i];
-    changes_ += Changed(r, e) - Changed(r, old);
+    const int delta = Changed(r, e) - Changed(r, old);
+    changes_ += delta;
+    if (track_) arrived_[r] += delta;
     holds_[static_cast<size_t>(r) * E_ + old] = 0;
     holds_[static_cast<size_t>(r) * E_ + e] = 1;
     int* old_list = &holders_[static_cast<size_t>(old) * R_];
@@ -215,7 +225,9 @@ class LayerState {
   }
 
   bool track_ = false;
-  std::vector<uint8_t> orig_;  // holds_ of the original placement
+  std::vector<uint8_t> orig_;   // holds_ of the original placement
+  std::vector<int> orig_slot_;  // slot_ of the original placement
+  std::vector<int> arrived_;    // per rank, see Arrived()
   int changes_ = 0;
 };
 
@@ -343,6 +355,8 @@ class ExcessSearch : public LayerState {
     const double mean = Mean();
     cap_ = mean / target;
     touched_.assign(R_, 0);
+    back_.assign(R_, 0);
+    back_stamp_ = 0;
     gain_add_.resize(E_);
     loss_remove_.resize(E_);
     hot_seen_.assign(E_, 0);
@@ -434,19 +448,10 @@ class ExcessSearch : public LayerState {
         for (int t = 0; t < S_; ++t) Refresh(slot_[r * S_ + t]);
       }
     }
-    // Donor slots (their expert has a replica to spare), cheapest first: the free ones on the
-    // lightest ranks first, then the others by cost, sorted only as far as a round reads them.
+    // The donors of this round are listed as far as it reads them (Donor()).
     donors_.clear();
     donor_heap_.clear();
-    for (int r : order_) {
-      for (int t = 0; t < S_; ++t) {
-        const int y = slot_[r * S_ + t];
-        if (count_[y] < 2) continue;
-        const double cost = loss_remove_[y] - RemoveTerm(y, r);
-        (cost <= 0 ? donors_ : donor_heap_).push_back({cost, r * S_ + t});
-      }
-    }
-    std::make_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
+    donor_ranks_ = 0;
     // Experts that would gain from one more replica, best first: only an expert held by an
     // overloaded rank can.
     hot_.clear();
@@ -460,20 +465,50 @@ class ExcessSearch : public LayerState {
       }
     }
     // Only the best kHot can matter to a round: the others are cut by the round's threshold.
-    const size_t top = std::min(hot_.size(), static_cast<size_t>(kHot));
-    std::partial_sort(hot_.begin(), hot_.begin() + top, hot_.end(), [&](int a, int b) {
-      return gain_add_[a] > gain_add_[b] || (gain_add_[a] == gain_add_[b] && a < b);
-    });
+    hot_keys_.clear();
+    for (int e : hot_) hot_keys_.push_back(MakeKey(-gain_add_[e], e));  // most gain first
+    const size_t top = std::min(hot_keys_.size(), static_cast<size_t>(kHot));
+    std::partial_sort(hot_keys_.begin(), hot_keys_.begin() + top, hot_keys_.end());
     hot_.resize(top);
+    for (size_t i = 0; i < top; ++i) hot_[i] = KeyId(hot_keys_[i]);
+  }
+
+  // Makes donors_[i] available and returns whether there is one. Donor slots (their expert has
+  // a replica to spare) come cheapest first: the free ones on the lightest ranks first (listed
+  // rank by rank), then the others by cost (a heap, sorted only as far as a round reads it).
+  bool Donor(size_t i) {
+    while (i >= donors_.size()) {
+      if (donor_ranks_ < R_) {
+        const int r = order_[donor_ranks_++];
+        for (int t = 0; t < S_; ++t) {
+          const int y = slot_[r * S_ + t];
+          if (count_[y] < 2) continue;
+          const double cost = loss_remove_[y] - RemoveTerm(y, r);
+          (cost <= 0 ? donors_ : donor_heap_).push_back(MakeKey(cost, r * S_ + t));
+        }
+        if (donor_ranks_ == R_) {
+          std::make_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
+        }
+      } else if (!donor_heap_.empty()) {  // (cost, slot) pairs are unique
+        std::pop_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
+        donors_.push_back(donor_heap_.back());
+        donor_heap_.pop_back();
+      } else {
+        return false;
+      }
+    }
+    return true;
   }
 
   // Keeps c if it removes more excess per slot changed than best. `estimate` may overstate what
   // a re-replication removes (it ignores ranks holding both experts); the exact value decides.
+  // A step changes at most 2 slots, so the value is removed or removed / 2: a multiplication by
+  // 0.5 is exact and much cheaper than a division.
   void Consider(Step& best, Step& c, double estimate) const {
-    const int per = std::max(1, c.cost);
-    if (estimate / per <= best.value) return;
+    const double per_inverse = c.cost >= 2 ? 0.5 : 1.0;
+    if (estimate * per_inverse <= best.value) return;
     const double removed = c.kind == Step::kSwap ? estimate : ExactRemoved(c);
-    c.value = removed / per;
+    c.value = removed * per_inverse;
     if (removed > 1e-12 * cap_ && c.value > best.value) best = c;
   }
   // Excess removed by a step that gives slot_a's replica to expert_a.
@@ -507,6 +542,12 @@ class ExcessSearch : public LayerState {
       Step best;
       const double lh = load_[h];
       const double exc_h = Exc(lh);
+      // A swap changes 2 slots unless it undoes an earlier change: unless x had arrived on h or
+      // had been on j, or j holds an expert that arrived there or that h held originally.
+      ++back_stamp_;
+      for (int s = 0; s < S_; ++s) {
+        for (int r : Holders(OrigSlot(h * S_ + s))) back_[r] = back_stamp_;
+      }
       for (int s = 0; s < S_; ++s) {
         const int hs = h * S_ + s;
         const int x = slot_[hs];
@@ -516,8 +557,15 @@ class ExcessSearch : public LayerState {
         for (int pi = 0; pi < partners; ++pi) {
           const int j = order_[pi];
           const double lj = load_[j];
-          if (std::min({lh - cap_, cap_ - lj, px}) <= best.value) break;
+          const double bound = std::min(std::min(lh - cap_, cap_ - lj), px);
+          if (bound <= best.value) break;
           if (j == h || Holds(j, x)) continue;
+          // Only a swap that changes fewer than 2 slots can beat best here. (Like the break
+          // above, this ignores candidates that beat the bound by rounding alone.)
+          if (bound * 0.5 <= best.value && !Changed(h, x) && Changed(j, x) && !Arrived(j) &&
+              back_[j] != back_stamp_) {
+            continue;
+          }
           const double exc_j = Exc(lj);
           for (int t = 0; t < S_; ++t) {
             const int jt = j * S_ + t;
@@ -526,8 +574,10 @@ class ExcessSearch : public LayerState {
             if (py >= px) continue;
             const double removed = exc_h - Exc(lh - px + py) - (Exc(lj + px - py) - exc_j);
             if (removed <= best.value || Holds(h, y)) continue;
+            const int cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
+            if (cost >= 2 && removed * 0.5 <= best.value) continue;  // Consider's first test
             Step c{Step::kSwap, hs, y, jt, x};
-            c.cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
+            c.cost = cost;
             Consider(best, c, removed);
           }
         }
@@ -539,10 +589,12 @@ class ExcessSearch : public LayerState {
             if (tried == kHot) break;
             if (y == x || Holds(h, y)) continue;
             ++tried;
-            const double py_new = PieceMore(y);
+            // best.value >= 0, so Consider drops an estimate <= best.value whatever the cost.
+            const double estimate = gain_add_[y] - lost + Exc(lh) - Exc(lh - px + PieceMore(y));
+            if (estimate <= best.value) continue;
             Step c{Step::kRelease, hs, y};
             c.cost = Changed(h, y) - Changed(h, x);
-            Consider(best, c, gain_add_[y] - lost + Exc(lh) - Exc(lh - px + py_new));
+            Consider(best, c, estimate);
           }
         }
       }
@@ -557,22 +609,20 @@ class ExcessSearch : public LayerState {
       if (gain_add_[x] < kRoundFraction * round_best) break;
       Step best;
       const double px_new = PieceMore(x);
-      for (size_t i = 0; i < donors_.size() || !donor_heap_.empty(); ++i) {
-        if (i == donors_.size()) {  // the next cheapest donor, (cost, slot) pairs being unique
-          std::pop_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
-          donors_.push_back(donor_heap_.back());
-          donor_heap_.pop_back();
-        }
-        const auto [donor_cost, jt] = donors_[i];
+      for (size_t i = 0; Donor(i); ++i) {
+        const double donor_cost = KeyValue(donors_[i]);
+        const int jt = KeyId(donors_[i]);
         // Donors are sorted by cost; the rest cannot beat the best step for x.
         if (gain_add_[x] - donor_cost <= best.value) break;
         const int j = jt / S_;
         const int y = slot_[jt];
         if (y == x || Holds(j, x)) continue;
         const double lj = load_[j];
+        const double estimate = gain_add_[x] - donor_cost - (Exc(lj - Piece(y) + px_new) - Exc(lj));
+        if (estimate <= best.value) continue;  // as in the release loop
         Step c{Step::kReplicate, jt, x};
         c.cost = Changed(j, x) - Changed(j, y);
-        Consider(best, c, gain_add_[x] - donor_cost - (Exc(lj - Piece(y) + px_new) - Exc(lj)));
+        Consider(best, c, estimate);
       }
       if (best.kind != Step::kNone) {
         steps_.push_back(best);
@@ -591,13 +641,17 @@ class ExcessSearch : public LayerState {
   double cap_ = 0;
   std::vector<int> overloaded_;
   std::vector<double> gain_add_, loss_remove_;
-  std::vector<std::pair<double, int>> donors_;      // (cost, slot), cheapest first
-  std::vector<std::pair<double, int>> donor_heap_;  // the donors not yet sorted into donors_
-  std::vector<int> hot_;                            // the kHot experts with most gain_add_ > 0
-  std::vector<int> hot_seen_;                       // per expert: hot_stamp_ when last collected
+  std::vector<Key> donors_;      // (cost, slot), cheapest first
+  std::vector<Key> donor_heap_;  // the donors not yet sorted into donors_
+  int donor_ranks_ = 0;          // how many ranks of order_ Donor() has listed
+  std::vector<int> hot_;         // the kHot experts with most gain_add_ > 0
+  std::vector<Key> hot_keys_;    // Prepare's sort of hot_
+  std::vector<int> hot_seen_;    // per expert: hot_stamp_ when last collected
   int hot_stamp_ = 0;
   std::vector<Step> steps_;
   std::vector<int> touched_;  // round in which a rank's load last changed
+  std::vector<int> back_;     // back_stamp_ on the ranks holding a source's original experts
+  int back_stamp_ = 0;
 };
 
 // Replaces the top of a binary heap (ordered by `above`) with `value`, which must not belong
