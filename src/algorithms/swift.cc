@@ -356,6 +356,8 @@ class ExcessSearch : public LayerState {
     cap_ = mean / target;
     touched_.assign(R_, 0);
     back_.assign(R_, 0);
+    reserved_.assign(R_, 0);
+    reserve_stamp_ = 0;
     back_stamp_ = 0;
     gain_add_.resize(E_);
     loss_remove_.resize(E_);
@@ -602,9 +604,11 @@ class ExcessSearch : public LayerState {
     }
     // Replicate: a donor slot (expert y with a spare replica) becomes a replica of a hot x.
     // Such a step removes at most gain_add_[x], and hot_ is sorted by it: once that is below
-    // what this round applies, no later x can contribute.
+    // what this round applies, no later x can contribute. Each x takes its donor on a rank that
+    // no earlier x of the round took: all would take the cheapest, and only one could apply.
     double round_best = 0;
     for (const Step& c : steps_) round_best = std::max(round_best, c.value);
+    ++reserve_stamp_;
     for (int x : hot_) {
       if (gain_add_[x] < kRoundFraction * round_best) break;
       Step best;
@@ -616,7 +620,7 @@ class ExcessSearch : public LayerState {
         if (gain_add_[x] - donor_cost <= best.value) break;
         const int j = jt / S_;
         const int y = slot_[jt];
-        if (y == x || Holds(j, x)) continue;
+        if (y == x || Holds(j, x) || reserved_[j] == reserve_stamp_) continue;
         const double lj = load_[j];
         const double estimate = gain_add_[x] - donor_cost - (Exc(lj - Piece(y) + px_new) - Exc(lj));
         if (estimate <= best.value) continue;  // as in the release loop
@@ -625,6 +629,7 @@ class ExcessSearch : public LayerState {
         Consider(best, c, estimate);
       }
       if (best.kind != Step::kNone) {
+        reserved_[best.slot_a / S_] = reserve_stamp_;
         steps_.push_back(best);
         round_best = std::max(round_best, best.value);
       }
@@ -652,6 +657,8 @@ class ExcessSearch : public LayerState {
   std::vector<int> touched_;  // round in which a rank's load last changed
   std::vector<int> back_;     // back_stamp_ on the ranks holding a source's original experts
   int back_stamp_ = 0;
+  std::vector<int> reserved_;  // reserve_stamp_ on the donor ranks a round's replications chose
+  int reserve_stamp_ = 0;
 };
 
 // Replaces the top of a binary heap (ordered by `above`) with `value`, which must not belong
