@@ -12,15 +12,16 @@
 // pays. Let T = mean rank load / target_balancedness. The search descends on the layer's excess,
 // the sum over ranks of max(0, load - T): each round takes, for each of the most overloaded ranks
 // and for each expert that would gain from a replica, the step that removes the most excess per
-// slot changed, and applies them best first (a step whose ranks an earlier step of the round
-// changed waits for the next round). A layer stops when no rank exceeds T (it has reached the
-// target), when no step removes at least min_gain_per_change x mean per slot changed, or when its
-// change budget is spent. Layers already at skip_balancedness are left alone, worst layers go
-// first (so a per-cycle budget goes where it helps most), and a layer's result is kept only if it
-// is better than before. A layer that ends clearly short of its target (the target is beyond
-// what the shape or the change budget allows, where descending on the excess over an unreachable
-// cap trades the peak for the other ranks) is searched again from its placement with targets
-// lowered in steps of kRetryStep, keeping the most balanced result.
+// slot changed, and applies them best first. A step whose ranks an earlier step of the round
+// changed is stale: an overloaded rank's step is searched again at once and goes back in line by
+// its new value, a replication waits for the next round. A layer stops when no rank exceeds T (it
+// has reached the target), when no step removes at least min_gain_per_change x mean per slot
+// changed, or when its change budget is spent. Layers already at skip_balancedness are left alone,
+// worst layers go first (so a per-cycle budget goes where it helps most), and a layer's result is
+// kept only if it is better than before. A layer that ends clearly short of its target (the target
+// is beyond what the shape or the change budget allows, where descending on the excess over an
+// unreachable cap trades the peak for the other ranks) is searched again from its placement with
+// targets lowered in steps of kRetryStep, keeping the most balanced result.
 //
 // Without a current placement, a fresh placement is built: replicas to the largest load per
 // replica, heaviest replica first onto the lightest rank with a free slot that lacks the expert,
@@ -62,8 +63,9 @@ struct Step {
   int expert_a = -1;
   int slot_b = -1;
   int expert_b = -1;
-  int cost = 0;      // change in the number of slots that differ from the original placement
-  double value = 0;  // what the step is worth to its search (higher is better)
+  int cost = 0;          // change in the number of slots that differ from the original placement
+  double value = 0;      // what the step is worth to its search (higher is better)
+  int evaluated_at = 0;  // ExcessSearch: how many steps had been applied when it was found
 };
 
 // The working state of one layer, shared by both searches: which expert each slot holds, replica
@@ -363,20 +365,33 @@ class ExcessSearch : public LayerState {
     loss_remove_.resize(E_);
     hot_seen_.assign(E_, 0);
     hot_stamp_ = 0;
+    applies_ = 0;
+    for (int e = 0; e < E_; ++e) Refresh(e);
     for (int round = 1; round <= max_rounds; ++round) {
-      Prepare(round);
+      Prepare();
       if (overloaded_.empty()) return;
       CollectSteps();
+      if (steps_.empty()) return;
+      // Steps far below the round's best wait for the next round, where the best step of each
+      // rank is chosen again after this round's changes.
+      const double floor = std::max(min_gain * mean, kRoundFraction * steps_[0].value);
       bool applied = false;
-      for (const Step& c : steps_) {
-        // Steps far below the round's best wait for the next round, where the best step of
-        // each rank is chosen again after this round's changes.
-        if (c.value < min_gain * mean || c.value < kRoundFraction * steps_[0].value) break;
+      for (size_t i = 0; i < steps_.size() && steps_[i].value >= floor; ++i) {
+        const Step c = steps_[i];
         if (budget >= 0 && changes() + c.cost > budget) continue;
-        if (Touches(c, round)) continue;
-        Mark(c, round);
-        Apply(c);
-        Mark(c, round);
+        if (Stale(c)) {
+          // A source's step is searched again now and goes back in line by its new value;
+          // a replication waits for the next round (its donors' costs are a round old).
+          if (c.kind == Step::kReplicate || !(load_[c.slot_a / S_] > cap_)) continue;
+          const Step again = BestFrom(c.slot_a / S_);
+          if (again.kind == Step::kNone) continue;
+          steps_.insert(
+              std::upper_bound(steps_.begin() + i + 1, steps_.end(), again,
+                               [](const Step& a, const Step& b) { return a.value > b.value; }),
+              again);
+          continue;
+        }
+        ApplyStep(c);
         applied = true;
       }
       if (!applied) return;
@@ -419,18 +434,33 @@ class ExcessSearch : public LayerState {
     for (int r : Holders(slot_[c.slot_a])) f(r);
     for (int r : Holders(c.expert_a)) f(r);
   }
-  bool Touches(const Step& c, int round) const {
+  // Whether a step applied after c was found changed a rank c affects (c's value may be wrong).
+  bool Stale(const Step& c) const {
     bool hit = false;
-    ForAffected(c, [&](int r) { hit |= touched_[r] == round; });
+    ForAffected(c, [&](int r) { hit |= touched_[r] > c.evaluated_at; });
     return hit;
   }
-  void Mark(const Step& c, int round) {
-    ForAffected(c, [&](int r) { touched_[r] = round; });
+  // Applies c, stamps the ranks it changed and refreshes the gains and losses of their experts:
+  // those depend only on the loads of an expert's holders and its replica count.
+  void ApplyStep(const Step& c) {
+    ++applies_;
+    changed_.clear();
+    auto stamp = [&](int r) {
+      if (touched_[r] == applies_) return;
+      touched_[r] = applies_;
+      changed_.push_back(r);
+    };
+    ForAffected(c, stamp);  // the holders before ...
+    Apply(c);
+    ForAffected(c, stamp);  // ... and after
+    for (int r : changed_) {
+      for (int t = 0; t < S_; ++t) Refresh(slot_[r * S_ + t]);
+    }
   }
 
   // Overloaded ranks (most loaded first), what each expert gains from one more replica and
   // loses from one fewer, the donor slots and the hot experts of this round.
-  void Prepare(int round) {
+  void Prepare() {
     // The most loaded ranks first (ties: lower rank); a round looks for swaps and releases on
     // the first few only.
     overloaded_.clear();
@@ -439,16 +469,6 @@ class ExcessSearch : public LayerState {
       while (k >= 0 && load_[order_[k]] == load_[order_[i]]) --k;
       for (int t = k + 1; t <= i; ++t) overloaded_.push_back(order_[t]);
       i = k;
-    }
-    // Gains and losses depend only on the loads of an expert's holders and its replica count:
-    // only the experts on ranks that the last round changed need them again.
-    if (round == 1) {
-      for (int e = 0; e < E_; ++e) Refresh(e);
-    } else {
-      for (int r = 0; r < R_; ++r) {
-        if (touched_[r] != round - 1) continue;
-        for (int t = 0; t < S_; ++t) Refresh(slot_[r * S_ + t]);
-      }
     }
     // The donors of this round are listed as far as it reads them (Donor()).
     donors_.clear();
@@ -538,70 +558,82 @@ class ExcessSearch : public LayerState {
   // (replicate), best first; ties keep the order of collection.
   void CollectSteps() {
     steps_.clear();
-    const int partners = std::min(R_, std::max(4, kPairBudget / (S_ * S_)));
     for (size_t k = 0; k < overloaded_.size() && k < kSources; ++k) {
-      const int h = overloaded_[k];
-      Step best;
-      const double lh = load_[h];
-      const double exc_h = Exc(lh);
-      // A swap changes 2 slots unless it undoes an earlier change: unless x had arrived on h or
-      // had been on j, or j holds an expert that arrived there or that h held originally.
-      ++back_stamp_;
-      for (int s = 0; s < S_; ++s) {
-        for (int r : Holders(OrigSlot(h * S_ + s))) back_[r] = back_stamp_;
-      }
-      for (int s = 0; s < S_; ++s) {
-        const int hs = h * S_ + s;
-        const int x = slot_[hs];
-        const double px = Piece(x);
-        // Swap x with a lighter expert y of one of the lightest ranks j. It removes at most
-        // min(excess of h, room under the cap on j, px); partners come lightest first.
-        for (int pi = 0; pi < partners; ++pi) {
-          const int j = order_[pi];
-          const double lj = load_[j];
-          const double bound = std::min(std::min(lh - cap_, cap_ - lj), px);
-          if (bound <= best.value) break;
-          if (j == h || Holds(j, x)) continue;
-          // Only a swap that changes fewer than 2 slots can beat best here. (Like the break
-          // above, this ignores candidates that beat the bound by rounding alone.)
-          if (bound * 0.5 <= best.value && !Changed(h, x) && Changed(j, x) && !Arrived(j) &&
-              back_[j] != back_stamp_) {
-            continue;
-          }
-          const double exc_j = Exc(lj);
-          for (int t = 0; t < S_; ++t) {
-            const int jt = j * S_ + t;
-            const int y = slot_[jt];
-            const double py = Piece(y);
-            if (py >= px) continue;
-            const double removed = exc_h - Exc(lh - px + py) - (Exc(lj + px - py) - exc_j);
-            if (removed <= best.value || Holds(h, y)) continue;
-            const int cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
-            if (cost >= 2 && removed * 0.5 <= best.value) continue;  // Consider's first test
-            Step c{Step::kSwap, hs, y, jt, x};
-            c.cost = cost;
-            Consider(best, c, removed);
-          }
-        }
-        // Release: h's replica of x becomes a replica of a hot expert y.
-        if (count_[x] >= 2) {
-          const double lost = loss_remove_[x] - RemoveTerm(x, h);
-          int tried = 0;
-          for (int y : hot_) {
-            if (tried == kHot) break;
-            if (y == x || Holds(h, y)) continue;
-            ++tried;
-            // best.value >= 0, so Consider drops an estimate <= best.value whatever the cost.
-            const double estimate = gain_add_[y] - lost + Exc(lh) - Exc(lh - px + PieceMore(y));
-            if (estimate <= best.value) continue;
-            Step c{Step::kRelease, hs, y};
-            c.cost = Changed(h, y) - Changed(h, x);
-            Consider(best, c, estimate);
-          }
-        }
-      }
+      const Step best = BestFrom(overloaded_[k]);
       if (best.kind != Step::kNone) steps_.push_back(best);
     }
+    CollectReplications();
+    std::stable_sort(steps_.begin(), steps_.end(),
+                     [](const Step& a, const Step& b) { return a.value > b.value; });
+  }
+
+  // The best swap or release of source rank h (kNone if none removes excess).
+  Step BestFrom(int h) {
+    const int partners = std::min(R_, std::max(4, kPairBudget / (S_ * S_)));
+    Step best;
+    const double lh = load_[h];
+    const double exc_h = Exc(lh);
+    // A swap changes 2 slots unless it undoes an earlier change: unless x had arrived on h or
+    // had been on j, or j holds an expert that arrived there or that h held originally.
+    ++back_stamp_;
+    for (int s = 0; s < S_; ++s) {
+      for (int r : Holders(OrigSlot(h * S_ + s))) back_[r] = back_stamp_;
+    }
+    for (int s = 0; s < S_; ++s) {
+      const int hs = h * S_ + s;
+      const int x = slot_[hs];
+      const double px = Piece(x);
+      // Swap x with a lighter expert y of one of the lightest ranks j. It removes at most
+      // min(excess of h, room under the cap on j, px); partners come lightest first.
+      for (int pi = 0; pi < partners; ++pi) {
+        const int j = order_[pi];
+        const double lj = load_[j];
+        const double bound = std::min(std::min(lh - cap_, cap_ - lj), px);
+        if (bound <= best.value) break;
+        if (j == h || Holds(j, x)) continue;
+        // Only a swap that changes fewer than 2 slots can beat best here. (Like the break
+        // above, this ignores candidates that beat the bound by rounding alone.)
+        if (bound * 0.5 <= best.value && !Changed(h, x) && Changed(j, x) && !Arrived(j) &&
+            back_[j] != back_stamp_) {
+          continue;
+        }
+        const double exc_j = Exc(lj);
+        for (int t = 0; t < S_; ++t) {
+          const int jt = j * S_ + t;
+          const int y = slot_[jt];
+          const double py = Piece(y);
+          if (py >= px) continue;
+          const double removed = exc_h - Exc(lh - px + py) - (Exc(lj + px - py) - exc_j);
+          if (removed <= best.value || Holds(h, y)) continue;
+          const int cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
+          if (cost >= 2 && removed * 0.5 <= best.value) continue;  // Consider's first test
+          Step c{Step::kSwap, hs, y, jt, x};
+          c.cost = cost;
+          Consider(best, c, removed);
+        }
+      }
+      // Release: h's replica of x becomes a replica of a hot expert y.
+      if (count_[x] >= 2) {
+        const double lost = loss_remove_[x] - RemoveTerm(x, h);
+        int tried = 0;
+        for (int y : hot_) {
+          if (tried == kHot) break;
+          if (y == x || Holds(h, y)) continue;
+          ++tried;
+          // best.value >= 0, so Consider drops an estimate <= best.value whatever the cost.
+          const double estimate = gain_add_[y] - lost + Exc(lh) - Exc(lh - px + PieceMore(y));
+          if (estimate <= best.value) continue;
+          Step c{Step::kRelease, hs, y};
+          c.cost = Changed(h, y) - Changed(h, x);
+          Consider(best, c, estimate);
+        }
+      }
+    }
+    best.evaluated_at = applies_;
+    return best;
+  }
+
+  void CollectReplications() {
     // Replicate: a donor slot (expert y with a spare replica) becomes a replica of a hot x.
     // Such a step removes at most gain_add_[x], and hot_ is sorted by it: once that is below
     // what this round applies, no later x can contribute. Each x takes its donor on a rank that
@@ -630,12 +662,11 @@ class ExcessSearch : public LayerState {
       }
       if (best.kind != Step::kNone) {
         reserved_[best.slot_a / S_] = reserve_stamp_;
+        best.evaluated_at = applies_;
         steps_.push_back(best);
         round_best = std::max(round_best, best.value);
       }
     }
-    std::stable_sort(steps_.begin(), steps_.end(),
-                     [](const Step& a, const Step& b) { return a.value > b.value; });
   }
 
   static constexpr int kPairBudget = 256;
@@ -654,7 +685,9 @@ class ExcessSearch : public LayerState {
   std::vector<int> hot_seen_;    // per expert: hot_stamp_ when last collected
   int hot_stamp_ = 0;
   std::vector<Step> steps_;
-  std::vector<int> touched_;  // round in which a rank's load last changed
+  std::vector<int> touched_;  // per rank, the applies_ at which its load last changed
+  int applies_ = 0;           // steps applied so far
+  std::vector<int> changed_;  // ApplyStep's ranks
   std::vector<int> back_;     // back_stamp_ on the ranks holding a source's original experts
   int back_stamp_ = 0;
   std::vector<int> reserved_;  // reserve_stamp_ on the donor ranks a round's replications chose
