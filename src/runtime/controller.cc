@@ -144,9 +144,12 @@ struct Controller::Impl {
   bool started = false;
 
   // ---- forward thread ----
-  Placement placement;          // in use
-  std::vector<uint64_t> epoch;  // per layer
-  std::vector<int64_t> window;  // tokens per (layer, local slot) in this window
+  // On cache lines of their own (here and at mu below): the worker's writes to the handoff
+  // fields must not evict the forward thread's, and the hot path's speed should not depend on
+  // the sizes of the fields before it.
+  alignas(64) Placement placement;  // in use
+  std::vector<uint64_t> epoch;      // per layer
+  std::vector<int64_t> window;      // tokens per (layer, local slot) in this window
   int64_t step = 0;
   int64_t window_start = 0;
   Phase phase = Phase::kIdle;
@@ -175,7 +178,7 @@ struct Controller::Impl {
   std::unique_ptr<std::atomic<std::shared_ptr<const LayerRouting>>[]> routing;
 
   // ---- worker handoff (mu) ----
-  std::mutex mu;
+  alignas(64) std::mutex mu;
   std::condition_variable cv;
   bool stop = false;
   std::optional<Job> job;
