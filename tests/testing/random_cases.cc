@@ -75,7 +75,7 @@ Placement RandomPlacement(std::mt19937_64& rng, const Shape& shape) {
 
 std::string DataDir() {
   const char* env = std::getenv("EPLB_DATA_DIR");
-  std::string dir = env && *env ? env : "../shared/data/expert-load";
+  std::string dir = env && *env ? env : EPLB_DEFAULT_DATA_DIR;
   return std::filesystem::is_directory(dir) ? dir : "";
 }
 

@@ -16,7 +16,8 @@ Shape RandomShape(std::mt19937_64& rng, int max_layers = 4);
 LoadMatrix RandomLoad(std::mt19937_64& rng, const Shape& shape);
 // A random valid placement: every expert once, the rest random replicas, no duplicates per rank.
 Placement RandomPlacement(std::mt19937_64& rng, const Shape& shape);
-// Directory of the real load statistics, or "" when absent (tests then GTEST_SKIP).
+// Directory of the real load statistics: EPLB_DATA_DIR when set, else the build's default (see
+// tests/CMakeLists.txt); "" when absent (tests then GTEST_SKIP).
 std::string DataDir();
 
 }  // namespace eplb::testing
