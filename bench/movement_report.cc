@@ -67,20 +67,23 @@ int main() {
 
   fmt::print(
       "| plan | balancedness on B (mean / min) | slots changed (mean / max) | pairs over 15% "
-      "changed | ms per call |\n");
-  fmt::print("|---|---|---|---|---|\n");
+      "changed | max changed where stale >= 0.6 | ms per call |\n");
+  fmt::print("|---|---|---|---|---|---|\n");
   double stale_sum = 0;
-  int pairs = 0;
+  int pairs = 0, mild = 0;
+  std::vector<std::vector<double>> stale(names.size(), std::vector<double>(names.size()));
   for (size_t a = 0; a < names.size(); ++a)
     for (size_t b = 0; b < names.size(); ++b)
       if (a != b) {
-        stale_sum += MeanBalancedness(loads[b], fresh[a]);
+        stale[a][b] = MeanBalancedness(loads[b], fresh[a]);
+        stale_sum += stale[a][b];
         ++pairs;
+        mild += stale[a][b] >= 0.6;
       }
-  fmt::print("| stale A placement on B | {:.4f} | 0% | 0 | - |\n", stale_sum / pairs);
+  fmt::print("| stale A placement on B | {:.4f} | 0% | 0 | 0% | - |\n", stale_sum / pairs);
   for (const Row& row : rows) {
     auto balancer = std::move(*MakeBalancer(row.algorithm, row.options));
-    double sum = 0, min = 1, changed_sum = 0, changed_max = 0, ms = 0;
+    double sum = 0, min = 1, changed_sum = 0, changed_max = 0, mild_max = 0, ms = 0;
     int over = 0;
     for (size_t a = 0; a < names.size(); ++a) {
       for (size_t b = 0; b < names.size(); ++b) {
@@ -96,13 +99,16 @@ int main() {
         changed_sum += changed;
         changed_max = std::max(changed_max, changed);
         over += changed > 0.15;
+        if (stale[a][b] >= 0.6) mild_max = std::max(mild_max, changed);
       }
     }
-    fmt::print("| {} | {:.4f} / {:.4f} | {:.1f}% / {:.2f}% | {} | {:.1f} |\n", row.label,
-               sum / pairs, min, 100 * changed_sum / pairs, 100 * changed_max, over, ms / pairs);
+    fmt::print("| {} | {:.4f} / {:.4f} | {:.1f}% / {:.2f}% | {} | {:.2f}% | {:.1f} |\n", row.label,
+               sum / pairs, min, 100 * changed_sum / pairs, 100 * changed_max, over, 100 * mild_max,
+               ms / pairs);
   }
   fmt::print(
-      "\n{} ordered pairs of DeepSeek-V3 workloads, 58 layers x 256 experts, 64 ranks x 5 slots.\n",
-      pairs);
+      "\n{} ordered pairs of DeepSeek-V3 workloads, 58 layers x 256 experts, 64 ranks x 5 slots; "
+      "on {} of them the stale placement scores at least 0.6.\n",
+      pairs, mild);
   return 0;
 }
