@@ -458,8 +458,7 @@ class ExcessSearch : public LayerState {
     }
   }
 
-  // Overloaded ranks (most loaded first), what each expert gains from one more replica and
-  // loses from one fewer, the donor slots and the hot experts of this round.
+  // Overloaded ranks (most loaded first), the donor slots and the hot experts of this round.
   void Prepare() {
     // The most loaded ranks first (ties: lower rank); a round looks for swaps and releases on
     // the first few only.
