@@ -572,6 +572,8 @@ class ExcessSearch : public LayerState {
     Step best;
     const double lh = load_[h];
     const double exc_h = Exc(lh);
+    double top_gain = 0;  // hot_ is sorted by gain at the round's start, not after its steps
+    for (int y : hot_) top_gain = std::max(top_gain, gain_add_[y]);
     // A swap changes 2 slots unless it undoes an earlier change: unless x had arrived on h or
     // had been on j, or j holds an expert that arrived there or that h held originally.
     ++back_stamp_;
@@ -612,13 +614,13 @@ class ExcessSearch : public LayerState {
         }
       }
       // Release: h's replica of x becomes a replica of a hot expert y.
-      if (count_[x] >= 2) {
+      // Its estimate is at most the largest gain of a hot expert, minus what x's other holders
+      // lose, plus h's own part (at most min(excess, px)).
+      if (count_[x] >= 2 &&
+          top_gain - (loss_remove_[x] - RemoveTerm(x, h)) + std::min(exc_h, px) > best.value) {
         const double lost = loss_remove_[x] - RemoveTerm(x, h);
-        int tried = 0;
         for (int y : hot_) {
-          if (tried == kHot) break;
           if (y == x || Holds(h, y)) continue;
-          ++tried;
           // best.value >= 0, so Consider drops an estimate <= best.value whatever the cost.
           const double estimate = gain_add_[y] - lost + Exc(lh) - Exc(lh - px + PieceMore(y));
           if (estimate <= best.value) continue;
