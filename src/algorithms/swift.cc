@@ -473,6 +473,7 @@ class ExcessSearch : public LayerState {
     donors_.clear();
     donor_heap_.clear();
     donor_ranks_ = 0;
+    donor_limit_ = std::numeric_limits<double>::infinity();
     // Experts that would gain from one more replica, best first: only an expert held by an
     // overloaded rank can.
     hot_.clear();
@@ -505,7 +506,11 @@ class ExcessSearch : public LayerState {
           const int y = slot_[r * S_ + t];
           if (count_[y] < 2) continue;
           const double cost = loss_remove_[y] - RemoveTerm(y, r);
-          (cost <= 0 ? donors_ : donor_heap_).push_back(MakeKey(cost, r * S_ + t));
+          if (cost <= 0) {
+            donors_.push_back(MakeKey(cost, r * S_ + t));
+          } else if (cost < donor_limit_) {
+            donor_heap_.push_back(MakeKey(cost, r * S_ + t));
+          }
         }
         if (donor_ranks_ == R_) {
           std::make_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
@@ -642,6 +647,9 @@ class ExcessSearch : public LayerState {
     double round_best = 0;
     for (const Step& c : steps_) round_best = std::max(round_best, c.value);
     ++reserve_stamp_;
+    // A donor that costs at least the largest gain ends every x's scan (hot_ is sorted by gain
+    // and no step is applied before the scans): it need not be listed.
+    if (!hot_.empty()) donor_limit_ = gain_add_[hot_[0]];
     for (int x : hot_) {
       if (gain_add_[x] < kRoundFraction * round_best) break;
       Step best;
@@ -681,6 +689,7 @@ class ExcessSearch : public LayerState {
   std::vector<Key> donors_;      // (cost, slot), cheapest first
   std::vector<Key> donor_heap_;  // the donors not yet sorted into donors_
   int donor_ranks_ = 0;          // how many ranks of order_ Donor() has listed
+  double donor_limit_ = 0;       // donors that cost this much or more are left out
   std::vector<int> hot_;         // the kHot experts with most gain_add_ > 0
   std::vector<Key> hot_keys_;    // Prepare's sort of hot_
   std::vector<int> hot_seen_;    // per expert: hot_stamp_ when last collected
