@@ -476,19 +476,17 @@ class ExcessSearch : public LayerState {
     donor_limit_ = std::numeric_limits<double>::infinity();
     // Experts that would gain from one more replica, best first: only an expert held by an
     // overloaded rank can.
-    hot_.clear();
+    hot_keys_.clear();
     ++hot_stamp_;
     for (int r : overloaded_) {
       for (int t = 0; t < S_; ++t) {
         const int e = slot_[r * S_ + t];
         if (hot_seen_[e] == hot_stamp_ || !(gain_add_[e] > 0)) continue;
         hot_seen_[e] = hot_stamp_;
-        hot_.push_back(e);
+        hot_keys_.push_back(MakeKey(-gain_add_[e], e));  // most gain first
       }
     }
     // Only the best kHot can matter to a round: the others are cut by the round's threshold.
-    hot_keys_.clear();
-    for (int e : hot_) hot_keys_.push_back(MakeKey(-gain_add_[e], e));  // most gain first
     const size_t top = std::min(hot_keys_.size(), static_cast<size_t>(kHot));
     std::partial_sort(hot_keys_.begin(), hot_keys_.begin() + top, hot_keys_.end());
     hot_.resize(top);
@@ -611,24 +609,19 @@ class ExcessSearch : public LayerState {
           if (py >= px) continue;
           const double removed = exc_h - Exc(lh - px + py) - (Exc(lj + px - py) - exc_j);
           if (removed <= best.value || Holds(h, y)) continue;
-          const int cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
-          if (cost >= 2 && removed * 0.5 <= best.value) continue;  // Consider's first test
           Step c{Step::kSwap, hs, y, jt, x};
-          c.cost = cost;
+          c.cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
           Consider(best, c, removed);
         }
       }
       // Release: h's replica of x becomes a replica of a hot expert y.
       // Its estimate is at most the largest gain of a hot expert, minus what x's other holders
       // lose, plus h's own part (at most min(excess, px)).
-      if (count_[x] >= 2 &&
-          top_gain - (loss_remove_[x] - RemoveTerm(x, h)) + std::min(exc_h, px) > best.value) {
-        const double lost = loss_remove_[x] - RemoveTerm(x, h);
+      const double lost = count_[x] >= 2 ? loss_remove_[x] - RemoveTerm(x, h) : 0.0;
+      if (count_[x] >= 2 && top_gain - lost + std::min(exc_h, px) > best.value) {
         for (int y : hot_) {
           if (y == x || Holds(h, y)) continue;
-          // best.value >= 0, so Consider drops an estimate <= best.value whatever the cost.
           const double estimate = gain_add_[y] - lost + Exc(lh) - Exc(lh - px + PieceMore(y));
-          if (estimate <= best.value) continue;
           Step c{Step::kRelease, hs, y};
           c.cost = Changed(h, y) - Changed(h, x);
           Consider(best, c, estimate);
@@ -664,7 +657,6 @@ class ExcessSearch : public LayerState {
         if (y == x || Holds(j, x) || reserved_[j] == reserve_stamp_) continue;
         const double lj = load_[j];
         const double estimate = gain_add_[x] - donor_cost - (Exc(lj - Piece(y) + px_new) - Exc(lj));
-        if (estimate <= best.value) continue;  // as in the release loop
         Step c{Step::kReplicate, jt, x};
         c.cost = Changed(j, x) - Changed(j, y);
         Consider(best, c, estimate);
