@@ -32,7 +32,7 @@ asan: deps
 tsan: deps
 	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_SANITIZE=thread -DEPLB_BUILD_BENCH=OFF
 	cmake --build $(BUILD)-tsan -j $(JOBS)
-	ctest --test-dir $(BUILD)-tsan --output-on-failure -j $(JOBS) -L runtime -LE mpi
+	ctest --test-dir $(BUILD)-tsan --output-on-failure -j $(JOBS) -L "runtime|threads" -LE mpi
 
 bench: build
 	./$(BUILD)/bench/eplb_algorithms_bench

@@ -63,12 +63,14 @@ void BM_FromScratch(benchmark::State& state, const char* algorithm) {
 
 // Times Balance() + PlanTransfers() from swift's placement for `before` to the load `after`.
 void TimeReplan(benchmark::State& state, const char* algorithm, const LoadMatrix& before,
-                const LoadMatrix& after) {
+                const LoadMatrix& after, int threads = 1) {
   const Shape shape =
       DeepSeekShape(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
   auto swift = std::move(*MakeBalancer("swift"));
   const Placement old = swift->Balance({&before, shape, nullptr})->placement;
-  auto balancer = std::move(*MakeBalancer(algorithm));
+  AlgorithmOptions options;
+  options.threads = threads;
+  auto balancer = std::move(*MakeBalancer(algorithm, options));
   Placement last;
   double changed = 0;
   for (auto _ : state) {
@@ -88,6 +90,13 @@ void BM_AfterShift(benchmark::State& state, const char* algorithm) {
   LoadMatrix a, b;
   if (!LoadOrSkip(state, "prefill_in512", &a) || !LoadOrSkip(state, "prefill_in4096", &b)) return;
   TimeReplan(state, algorithm, a, b);
+}
+
+// The same on state.range(2) threads (AlgorithmOptions::threads; the placement is the same).
+void BM_AfterShiftThreads(benchmark::State& state) {
+  LoadMatrix a, b;
+  if (!LoadOrSkip(state, "prefill_in512", &a) || !LoadOrSkip(state, "prefill_in4096", &b)) return;
+  TimeReplan(state, "swift", a, b, static_cast<int>(state.range(2)));
 }
 
 // Steady state: the placement swift built for prefill_in4096, and the same load with every
@@ -116,6 +125,11 @@ BENCHMARK_CAPTURE(BM_FromScratch, deepseek, "deepseek")
 BENCHMARK_CAPTURE(BM_AfterShift, swift, "swift")
     ->Args({64, 5})
     ->Args({256, 2})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_AfterShiftThreads)
+    ->Args({64, 5, 2})
+    ->Args({256, 2, 2})
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_AfterShift, deepseek, "deepseek")
     ->Args({64, 5})

@@ -34,6 +34,10 @@ struct AlgorithmOptions {
   // swift, incremental: a step must remove at least this fraction of the mean rank load of
   // excess load per slot it changes, or it is not worth its transfer.
   double min_gain_per_change = 1e-5;
+  // swift: layers are balanced on up to this many threads, the calling thread included (1 to
+  // 256). Layers are independent, so the placement does not depend on it; with a per-cycle cap
+  // they share one budget in order and run on the calling thread alone.
+  int threads = 1;
 };
 
 struct BalanceInput {

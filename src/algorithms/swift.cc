@@ -33,10 +33,14 @@
 #include "algorithms/swift.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <thread>
+
+#include <fmt/format.h>
 
 namespace eplb {
 namespace {
@@ -813,6 +817,20 @@ class Packer {
   std::vector<int> fill_, last_, phy2log_;
 };
 
+// Calls fn(i, state) for every i in [0, n) on up to `threads` threads (the calling thread is one),
+// each with a State of its own; indices are handed out in ascending order.
+template <typename State, typename F>
+void ParallelFor(int n, int threads, F fn) {
+  std::atomic<int> next{0};
+  auto work = [&] {
+    State state;
+    for (int i = next++; i < n; i = next++) fn(i, state);
+  };
+  std::vector<std::jthread> helpers;
+  for (int t = 1; t < std::min(threads, n); ++t) helpers.emplace_back(work);
+  work();
+}
+
 class Swift final : public Balancer {
  public:
   explicit Swift(const AlgorithmOptions& o) : options_(o) {}
@@ -830,17 +848,19 @@ class Swift final : public Balancer {
 
     if (input.current == nullptr) {
       ids.resize(static_cast<size_t>(shape.layers) * slots);
-      PeakSearch search;
-      Packer packer;
-      for (int l = 0; l < shape.layers; ++l) {
-        auto w = load.row(l);
-        auto packed =
-            packer.Pack(w, Replicate(w, slots, shape.ranks), shape.ranks, shape.slots_per_rank);
-        search.Reset(w, packed, shape.ranks, shape.slots_per_rank, /*track_changes=*/false);
-        search.Improve(kScratchTarget, kScratchMinGain, max_steps);
-        std::copy(search.slots().begin(), search.slots().end(),
+      struct Worker {
+        PeakSearch search;
+        Packer packer;
+      };
+      ParallelFor<Worker>(shape.layers, options_.threads, [&](int l, Worker& w) {
+        auto row = load.row(l);
+        auto packed = w.packer.Pack(row, Replicate(row, slots, shape.ranks), shape.ranks,
+                                    shape.slots_per_rank);
+        w.search.Reset(row, packed, shape.ranks, shape.slots_per_rank, /*track_changes=*/false);
+        w.search.Improve(kScratchTarget, kScratchMinGain, max_steps);
+        std::copy(w.search.slots().begin(), w.search.slots().end(),
                   ids.begin() + static_cast<size_t>(l) * slots);
-      }
+      });
     } else {
       const Placement& current = *input.current;
       ids = current.phy2log();
@@ -857,30 +877,15 @@ class Swift final : public Balancer {
         need[l] = mean > 0 ? need[l] / mean : 0;
         if (before[l] < options_.skip_balancedness) need_left += need[l];
       }
-      // Worst layers first; a per-cycle budget is shared in proportion to need, and what a layer
-      // leaves unused passes on to the layers after it.
+      // Worst layers first, so that a per-cycle budget goes where it helps most.
       std::vector<int> order(shape.layers);
       std::iota(order.begin(), order.end(), 0);
       std::stable_sort(order.begin(), order.end(),
                        [&](int a, int b) { return before[a] < before[b]; });
-      int64_t cycle_left = options_.max_changes_per_cycle;
-      ExcessSearch search;
-      for (int l : order) {
-        if (before[l] >= options_.skip_balancedness) {
-          result.skipped_layers.push_back(l);
-          continue;
-        }
-        int64_t budget =
-            options_.max_changes_per_layer < 0 ? slots : options_.max_changes_per_layer;
-        if (cycle_left >= 0) {
-          const double share = need_left > 0 ? cycle_left * (need[l] / need_left) : cycle_left;
-          budget = std::min<int64_t>(budget, static_cast<int64_t>(std::ceil(share - 1e-9)));
-          budget = std::min(budget, cycle_left);
-          need_left -= need[l];
-        }
-        // Descending on the excess over an unreachable cap trades the peak for the rest, so a
-        // layer that ends clearly short of its target is searched again from its placement
-        // with lower targets; the best result is kept (ties: fewer changes).
+      // Descending on the excess over an unreachable cap trades the peak for the rest, so a
+      // layer that ends clearly short of its target is searched again from its placement with
+      // lower targets; the best result is kept (ties: fewer changes). Returns the slots changed.
+      auto balance_layer = [&](int l, int64_t budget, ExcessSearch& search) {
         double best = before[l];
         int best_changes = 0;
         for (double target = options_.target_balancedness;;) {
@@ -898,7 +903,35 @@ class Swift final : public Balancer {
           target -= kRetryStep;
           if (got >= target || target <= best) break;
         }
-        if (cycle_left >= 0) cycle_left -= best_changes;
+        return best_changes;
+      };
+      std::vector<int> todo;  // worst first
+      for (int l : order) {
+        if (before[l] >= options_.skip_balancedness) {
+          result.skipped_layers.push_back(l);
+        } else {
+          todo.push_back(l);
+        }
+      }
+      const int64_t layer_cap =
+          options_.max_changes_per_layer < 0 ? slots : options_.max_changes_per_layer;
+      if (options_.max_changes_per_cycle < 0) {  // layers are independent
+        ParallelFor<ExcessSearch>(static_cast<int>(todo.size()), options_.threads,
+                                  [&](int i, ExcessSearch& search) {
+                                    balance_layer(todo[i], layer_cap, search);
+                                  });
+      } else {
+        // A per-cycle budget is shared in proportion to need, and what a layer leaves unused
+        // passes on to the layers after it.
+        int64_t cycle_left = options_.max_changes_per_cycle;
+        ExcessSearch search;
+        for (int l : todo) {
+          const double share = need_left > 0 ? cycle_left * (need[l] / need_left) : cycle_left;
+          int64_t budget = std::min<int64_t>(layer_cap, static_cast<int64_t>(std::ceil(share - 1e-9)));
+          budget = std::min(budget, cycle_left);
+          need_left -= need[l];
+          cycle_left -= balance_layer(l, budget, search);
+        }
       }
       std::sort(result.skipped_layers.begin(), result.skipped_layers.end());
     }
@@ -922,6 +955,10 @@ class Swift final : public Balancer {
     if (o.max_changes_per_layer < -1 || o.max_changes_per_cycle < -1) {
       return Status::Invalid("swift: change caps must be >= 0, or -1 for no cap");
     }
+    if (o.threads < 1 || o.threads > kMaxThreads) {
+      return Status::Invalid(fmt::format("swift: threads must be in [1, {}], got {}", kMaxThreads,
+                                         o.threads));
+    }
     return Status::Ok();
   }
 
@@ -929,6 +966,7 @@ class Swift final : public Balancer {
   static constexpr double kScratchTarget = 0.997;
   static constexpr double kScratchMinGain = 1e-4;
   static constexpr double kRetryStep = 0.015;
+  static constexpr int kMaxThreads = 256;
   AlgorithmOptions options_;
 };
 

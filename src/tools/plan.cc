@@ -233,6 +233,10 @@ Action AddPlan(CLI::App& app) {
                      "swift: cap on slots changed in all layers (-1: none)")
           ->capture_default_str()
           ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40)),
+      app.add_option("--threads", a->options.threads,
+                     "swift: balance layers on this many threads (same placement)")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 256)),
   };
   return [a] { return RunPlan(*a); };
 }
