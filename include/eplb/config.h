@@ -25,7 +25,9 @@ struct RuntimeConfig {
   int max_layers_in_flight = 4;        // layers whose weights move at once (> 0)
   double imbalance_threshold = 0.99;   // layers at least this balanced are left alone (0, 1]
   int transfer_timeout_ms = 10000;     // a layer's transfers past this roll back (> 0)
-  AlgorithmOptions algorithm_options;  // derived: skip_balancedness = imbalance_threshold
+  int balancer_threads = 1;            // threads the worker's balancer may use, 1 to 256
+  AlgorithmOptions algorithm_options;  // derived: skip_balancedness = imbalance_threshold,
+                                       // threads = balancer_threads
 };
 
 // Parses a JSON object (text). `origin` names the source in messages (a path, or "inline

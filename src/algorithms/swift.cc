@@ -27,10 +27,15 @@
 // replica, heaviest replica first onto the lightest rank with a free slot that lacks the expert,
 // then the most loaded rank is repeatedly relieved by the step that lowers it most.
 //
+// Layers are independent unless a per-cycle cap makes them share a budget, so without one they
+// may be balanced on several threads (AlgorithmOptions::threads) with the same result.
+//
 // Everything is a deterministic function of (load, shape, current placement, options): every
 // loop runs in a fixed order, every tie goes to the first candidate found (lower slot, rank,
 // expert), and no unordered container is used.
 #include "algorithms/swift.h"
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -39,8 +44,6 @@
 #include <limits>
 #include <numeric>
 #include <thread>
-
-#include <fmt/format.h>
 
 namespace eplb {
 namespace {
@@ -916,10 +919,9 @@ class Swift final : public Balancer {
       const int64_t layer_cap =
           options_.max_changes_per_layer < 0 ? slots : options_.max_changes_per_layer;
       if (options_.max_changes_per_cycle < 0) {  // layers are independent
-        ParallelFor<ExcessSearch>(static_cast<int>(todo.size()), options_.threads,
-                                  [&](int i, ExcessSearch& search) {
-                                    balance_layer(todo[i], layer_cap, search);
-                                  });
+        ParallelFor<ExcessSearch>(
+            static_cast<int>(todo.size()), options_.threads,
+            [&](int i, ExcessSearch& search) { balance_layer(todo[i], layer_cap, search); });
       } else {
         // A per-cycle budget is shared in proportion to need, and what a layer leaves unused
         // passes on to the layers after it.
@@ -927,7 +929,8 @@ class Swift final : public Balancer {
         ExcessSearch search;
         for (int l : todo) {
           const double share = need_left > 0 ? cycle_left * (need[l] / need_left) : cycle_left;
-          int64_t budget = std::min<int64_t>(layer_cap, static_cast<int64_t>(std::ceil(share - 1e-9)));
+          int64_t budget =
+              std::min<int64_t>(layer_cap, static_cast<int64_t>(std::ceil(share - 1e-9)));
           budget = std::min(budget, cycle_left);
           need_left -= need[l];
           cycle_left -= balance_layer(l, budget, search);
@@ -956,8 +959,8 @@ class Swift final : public Balancer {
       return Status::Invalid("swift: change caps must be >= 0, or -1 for no cap");
     }
     if (o.threads < 1 || o.threads > kMaxThreads) {
-      return Status::Invalid(fmt::format("swift: threads must be in [1, {}], got {}", kMaxThreads,
-                                         o.threads));
+      return Status::Invalid(
+          fmt::format("swift: threads must be in [1, {}], got {}", kMaxThreads, o.threads));
     }
     return Status::Ok();
   }

@@ -177,6 +177,16 @@ const std::vector<Key>& Keys() {
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
          return r.Int(k, v, 1, &c.transfer_timeout_ms);
        }},
+      {"balancer_threads",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         constexpr int kMax = 256;  // as AlgorithmOptions::threads
+         const std::optional<int64_t> i = AsInteger(v);
+         if (!i || *i < 1 || *i > kMax) {
+           return r.Bad(k, fmt::format("an integer in [1, {}]", kMax), v);
+         }
+         c.balancer_threads = static_cast<int>(*i);
+         return Status::Ok();
+       }},
   };
   return keys;
 }
@@ -304,6 +314,7 @@ StatusOr<RuntimeConfig> Parse(const std::string& text, const std::string& origin
     EPLB_RETURN_IF_ERROR(it->read(reader, key, value, c));
   }
   c.algorithm_options.skip_balancedness = c.imbalance_threshold;
+  c.algorithm_options.threads = c.balancer_threads;
   return c;
 }
 
@@ -394,6 +405,7 @@ std::string RuntimeConfigToJson(const RuntimeConfig& config) {
   keys["max_layers_in_flight"] = config.max_layers_in_flight;
   keys["imbalance_threshold"] = config.imbalance_threshold;
   keys["transfer_timeout_ms"] = config.transfer_timeout_ms;
+  keys["balancer_threads"] = config.balancer_threads;
   nlohmann::ordered_json doc;
   doc[std::string(kWrapper)] = std::move(keys);
   // A path that is not valid UTF-8 is written with U+FFFD rather than throwing.

@@ -759,6 +759,11 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
       PositiveKey("algorithm_execution_interval", config.algorithm_execution_interval));
   EPLB_RETURN_IF_ERROR(PositiveKey("max_layers_in_flight", config.max_layers_in_flight));
   EPLB_RETURN_IF_ERROR(PositiveKey("transfer_timeout_ms", config.transfer_timeout_ms));
+  if (config.balancer_threads < 1 || config.balancer_threads > 256) {
+    return Status::Invalid(
+        fmt::format("{}.balancer_threads: expected an integer in [1, 256], got {}", kKey,
+                    config.balancer_threads));
+  }
   EPLB_ASSIGN_OR_RETURN(int slots_per_rank,
                         ResolveSlotsPerRank(config, model.experts, comm->size()));
   auto impl = std::make_unique<Impl>();
@@ -775,7 +780,11 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
                   .groups = 1};
   EPLB_RETURN_IF_ERROR(m.shape.Validate().WithPrefix("model"));
   m.records = m.rank % m.shape.ranks_per_node() == 0;
-  EPLB_ASSIGN_OR_RETURN(m.balancer, MakeBalancer(config.algorithm, config.algorithm_options));
+  // The runtime keys decide what they name, as ParseRuntimeConfig derives them.
+  AlgorithmOptions options = config.algorithm_options;
+  options.skip_balancedness = config.imbalance_threshold;
+  options.threads = config.balancer_threads;
+  EPLB_ASSIGN_OR_RETURN(m.balancer, MakeBalancer(config.algorithm, options));
   if (!config.expert_map_path.empty()) {
     const std::string where = fmt::format("{}.expert_map_path: {}", kKey, config.expert_map_path);
     StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, model.experts, comm->size());

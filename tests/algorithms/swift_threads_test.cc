@@ -13,7 +13,7 @@ namespace eplb {
 namespace {
 
 Placement Balanced(const LoadMatrix& load, const Shape& shape, const Placement* current,
-              AlgorithmOptions options) {
+                   AlgorithmOptions options) {
   auto balancer = MakeBalancer("swift", options);
   EXPECT_TRUE(balancer.ok());
   auto r = (*balancer)->Balance({&load, shape, current});

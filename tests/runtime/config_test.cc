@@ -42,6 +42,8 @@ void ExpectSameConfig(const RuntimeConfig& a, const RuntimeConfig& b) {
   EXPECT_EQ(a.max_layers_in_flight, b.max_layers_in_flight);
   EXPECT_EQ(a.imbalance_threshold, b.imbalance_threshold);  // exact: the text round-trips doubles
   EXPECT_EQ(a.transfer_timeout_ms, b.transfer_timeout_ms);
+  EXPECT_EQ(a.balancer_threads, b.balancer_threads);
+  EXPECT_EQ(a.algorithm_options.threads, b.algorithm_options.threads);
   EXPECT_EQ(a.algorithm_options.skip_balancedness, b.algorithm_options.skip_balancedness);
   EXPECT_EQ(a.algorithm_options.target_balancedness, b.algorithm_options.target_balancedness);
   EXPECT_EQ(a.algorithm_options.max_changes_per_layer, b.algorithm_options.max_changes_per_layer);
@@ -58,12 +60,14 @@ const std::vector<std::string> kKeys = {"dynamic_eplb",
                                         "algorithm",
                                         "max_layers_in_flight",
                                         "imbalance_threshold",
-                                        "transfer_timeout_ms"};
+                                        "transfer_timeout_ms",
+                                        "balancer_threads"};
 
 constexpr char kEveryKey[] = R"({"dynamic_eplb": true, "expert_heat_collection_interval": 10,
     "algorithm_execution_interval": 3, "num_redundant_experts": 64,
     "expert_map_path": "a.json", "expert_map_record_path": "b.json", "algorithm": "deepseek",
-    "max_layers_in_flight": 2, "imbalance_threshold": 0.95, "transfer_timeout_ms": 500})";
+    "max_layers_in_flight": 2, "imbalance_threshold": 0.95, "transfer_timeout_ms": 500,
+    "balancer_threads": 3})";
 
 void ExpectEveryKey(const RuntimeConfig& c) {
   EXPECT_TRUE(c.dynamic_eplb);
@@ -77,6 +81,8 @@ void ExpectEveryKey(const RuntimeConfig& c) {
   EXPECT_EQ(c.imbalance_threshold, 0.95);
   EXPECT_EQ(c.algorithm_options.skip_balancedness, 0.95);
   EXPECT_EQ(c.transfer_timeout_ms, 500);
+  EXPECT_EQ(c.balancer_threads, 3);
+  EXPECT_EQ(c.algorithm_options.threads, 3);
 }
 
 TEST(ConfigParseTest, EmptyObjectGivesTheDocumentedDefaults) {
@@ -93,6 +99,7 @@ TEST(ConfigParseTest, EmptyObjectGivesTheDocumentedDefaults) {
     EXPECT_EQ(c->max_layers_in_flight, 4);
     EXPECT_EQ(c->imbalance_threshold, 0.99);
     EXPECT_EQ(c->transfer_timeout_ms, 10000);
+    EXPECT_EQ(c->balancer_threads, 1);
     ExpectSameConfig(*c, RuntimeConfig{});
   }
 }
@@ -236,7 +243,15 @@ INSTANTIATE_TEST_SUITE_P(
                  "cfg.json: eplb_config.imbalance_threshold: expected a number in (0, 1], got "
                  "-0.5"},
         BadValue{R"({"transfer_timeout_ms": 0})",
-                 "cfg.json: eplb_config.transfer_timeout_ms: expected an integer >= 1, got 0"}));
+                 "cfg.json: eplb_config.transfer_timeout_ms: expected an integer >= 1, got 0"},
+        BadValue{R"({"balancer_threads": 0})",
+                 "cfg.json: eplb_config.balancer_threads: expected an integer in [1, 256], got 0"},
+        BadValue{R"({"balancer_threads": 257})",
+                 "cfg.json: eplb_config.balancer_threads: expected an integer in [1, 256], got "
+                 "257"},
+        BadValue{R"({"balancer_threads": 2.5})",
+                 "cfg.json: eplb_config.balancer_threads: expected an integer in [1, 256], got "
+                 "2.5"}));
 
 TEST(ConfigParseTest, EveryKeyHasATypeError) {
   // An array is the wrong type for every key.
@@ -259,7 +274,7 @@ TEST(ConfigParseTest, UnknownKeySuggestsTheNearestKnownKey) {
             "known keys: dynamic_eplb, expert_heat_collection_interval, "
             "algorithm_execution_interval, num_redundant_experts, expert_map_path, "
             "expert_map_record_path, algorithm, max_layers_in_flight, imbalance_threshold, "
-            "transfer_timeout_ms");
+            "transfer_timeout_ms, balancer_threads");
   EXPECT_NE(ErrorOf(R"({"eplb_config": {"num_redundant_expert": 4}})")
                 .find("eplb_config.num_redundant_expert: unknown key (did you mean "
                       "\"num_redundant_experts\"?)"),

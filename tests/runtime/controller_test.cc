@@ -553,6 +553,12 @@ TEST(ControllerTest, BadConfigurationRegistrationAndLoadsAreRejected) {
   ASSERT_FALSE(zero.ok());
   EXPECT_NE(zero.status().message().find("max_layers_in_flight"), std::string::npos);
   c.max_layers_in_flight = 2;
+  c.balancer_threads = 0;
+  auto threads = Controller::Create(c, {.layers = 2, .experts = 16}, world[0].get());
+  ASSERT_FALSE(threads.ok());
+  EXPECT_EQ(threads.status().message(),
+            "eplb_config.balancer_threads: expected an integer in [1, 256], got 0");
+  c.balancer_threads = 2;
   c.expert_map_path = "/nonexistent/map.json";
   auto missing = Controller::Create(c, {.layers = 2, .experts = 16}, world[0].get());
   ASSERT_FALSE(missing.ok());
