@@ -62,7 +62,8 @@ class Balancer {
   virtual StatusOr<BalanceResult> Balance(const BalanceInput& input) const = 0;
 };
 
-// "deepseek" or "swift"; an unknown name gives an error listing the known ones.
+// "deepseek" or "swift"; an unknown name gives an error listing the known ones, and swift
+// rejects options outside their documented ranges (naming the option and its value).
 StatusOr<std::unique_ptr<Balancer>> MakeBalancer(std::string_view name,
                                                  const AlgorithmOptions& options = {});
 std::vector<std::string> BalancerNames();

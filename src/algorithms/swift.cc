@@ -834,6 +834,34 @@ void ParallelFor(int n, int threads, F fn) {
   work();
 }
 
+constexpr int kMaxThreads = 256;
+
+// The options' documented ranges (checked once, when the balancer is made).
+Status ValidateOptions(const AlgorithmOptions& o) {
+  if (!(o.target_balancedness > 0 && o.target_balancedness <= 1)) {
+    return Status::Invalid(
+        fmt::format("swift: target_balancedness must be in (0, 1], got {}", o.target_balancedness));
+  }
+  if (!(o.skip_balancedness > 0 && o.skip_balancedness <= 1)) {
+    return Status::Invalid(
+        fmt::format("swift: skip_balancedness must be in (0, 1], got {}", o.skip_balancedness));
+  }
+  if (!(o.min_gain_per_change >= 0) || !std::isfinite(o.min_gain_per_change)) {
+    return Status::Invalid(fmt::format(
+        "swift: min_gain_per_change must be a finite number >= 0, got {}", o.min_gain_per_change));
+  }
+  if (o.max_changes_per_layer < -1 || o.max_changes_per_cycle < -1) {
+    return Status::Invalid(fmt::format(
+        "swift: change caps must be >= 0, or -1 for no cap, got {} per layer and {} per cycle",
+        o.max_changes_per_layer, o.max_changes_per_cycle));
+  }
+  if (o.threads < 1 || o.threads > kMaxThreads) {
+    return Status::Invalid(
+        fmt::format("swift: threads must be in [1, {}], got {}", kMaxThreads, o.threads));
+  }
+  return Status::Ok();
+}
+
 class Swift final : public Balancer {
  public:
   explicit Swift(const AlgorithmOptions& o) : options_(o) {}
@@ -841,7 +869,6 @@ class Swift final : public Balancer {
 
   StatusOr<BalanceResult> Balance(const BalanceInput& input) const override {
     EPLB_RETURN_IF_ERROR(ValidateBalanceInput(input));
-    EPLB_RETURN_IF_ERROR(ValidateOptions());
     const Shape& shape = input.shape;
     const LoadMatrix& load = *input.load;
     const int slots = shape.slots();
@@ -944,39 +971,18 @@ class Swift final : public Balancer {
   }
 
  private:
-  Status ValidateOptions() const {
-    const AlgorithmOptions& o = options_;
-    if (!(o.target_balancedness > 0 && o.target_balancedness <= 1)) {
-      return Status::Invalid("swift: target_balancedness must be in (0, 1]");
-    }
-    if (!(o.skip_balancedness > 0 && o.skip_balancedness <= 1)) {
-      return Status::Invalid("swift: skip_balancedness must be in (0, 1]");
-    }
-    if (!(o.min_gain_per_change >= 0) || !std::isfinite(o.min_gain_per_change)) {
-      return Status::Invalid("swift: min_gain_per_change must be a finite number >= 0");
-    }
-    if (o.max_changes_per_layer < -1 || o.max_changes_per_cycle < -1) {
-      return Status::Invalid("swift: change caps must be >= 0, or -1 for no cap");
-    }
-    if (o.threads < 1 || o.threads > kMaxThreads) {
-      return Status::Invalid(
-          fmt::format("swift: threads must be in [1, {}], got {}", kMaxThreads, o.threads));
-    }
-    return Status::Ok();
-  }
-
   // From scratch, nothing moves yet, so the search runs close to perfect balance.
   static constexpr double kScratchTarget = 0.997;
   static constexpr double kScratchMinGain = 1e-4;
   static constexpr double kRetryStep = 0.015;
-  static constexpr int kMaxThreads = 256;
   AlgorithmOptions options_;
 };
 
 }  // namespace
 
-std::unique_ptr<Balancer> MakeSwiftBalancer(const AlgorithmOptions& options) {
-  return std::make_unique<Swift>(options);
+StatusOr<std::unique_ptr<Balancer>> MakeSwiftBalancer(const AlgorithmOptions& options) {
+  EPLB_RETURN_IF_ERROR(ValidateOptions(options));
+  return std::unique_ptr<Balancer>(std::make_unique<Swift>(options));
 }
 
 }  // namespace eplb

@@ -7,6 +7,7 @@
 
 namespace eplb {
 
-std::unique_ptr<Balancer> MakeSwiftBalancer(const AlgorithmOptions& options);
+// Errors: an option outside its documented range (the message names it and its value).
+StatusOr<std::unique_ptr<Balancer>> MakeSwiftBalancer(const AlgorithmOptions& options);
 
 }  // namespace eplb

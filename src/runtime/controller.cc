@@ -759,6 +759,11 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
       PositiveKey("algorithm_execution_interval", config.algorithm_execution_interval));
   EPLB_RETURN_IF_ERROR(PositiveKey("max_layers_in_flight", config.max_layers_in_flight));
   EPLB_RETURN_IF_ERROR(PositiveKey("transfer_timeout_ms", config.transfer_timeout_ms));
+  if (!(config.imbalance_threshold > 0 && config.imbalance_threshold <= 1)) {
+    return Status::Invalid(
+        fmt::format("{}.imbalance_threshold: expected a number in (0, 1], got {}", kKey,
+                    config.imbalance_threshold));
+  }
   if (config.balancer_threads < 1 || config.balancer_threads > 256) {
     return Status::Invalid(
         fmt::format("{}.balancer_threads: expected an integer in [1, 256], got {}", kKey,

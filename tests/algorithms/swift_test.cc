@@ -152,11 +152,24 @@ TEST(SwiftTest, RejectsBadInputAndOptions) {
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("current placement: layer 0, rank 0"), std::string::npos)
       << c.status().message();
-  AlgorithmOptions options;
-  options.target_balancedness = 1.5;
-  auto o = RunSwift(load, shape, nullptr, options);
-  ASSERT_FALSE(o.ok());
-  EXPECT_NE(o.status().message().find("target_balancedness"), std::string::npos);
+  // Options are checked when the balancer is made.
+  auto bad_option = [](void (*set)(AlgorithmOptions&)) {
+    AlgorithmOptions options;
+    set(options);
+    auto b = MakeBalancer("swift", options);
+    EXPECT_FALSE(b.ok());
+    return b.ok() ? std::string() : std::string(b.status().message());
+  };
+  EXPECT_EQ(bad_option([](AlgorithmOptions& o) { o.target_balancedness = 1.5; }),
+            "swift: target_balancedness must be in (0, 1], got 1.5");
+  EXPECT_EQ(bad_option([](AlgorithmOptions& o) { o.skip_balancedness = 0; }),
+            "swift: skip_balancedness must be in (0, 1], got 0");
+  EXPECT_EQ(bad_option([](AlgorithmOptions& o) { o.min_gain_per_change = -1; }),
+            "swift: min_gain_per_change must be a finite number >= 0, got -1");
+  EXPECT_EQ(bad_option([](AlgorithmOptions& o) { o.max_changes_per_cycle = -2; }),
+            "swift: change caps must be >= 0, or -1 for no cap, got -1 per layer and -2 per cycle");
+  EXPECT_TRUE(MakeBalancer("deepseek", AlgorithmOptions{.target_balancedness = 1.5}).ok())
+      << "deepseek has no options to check";
   auto unknown = MakeBalancer("nope");
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().message(), "unknown algorithm 'nope'; known: deepseek, swift");

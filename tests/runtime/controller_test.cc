@@ -559,6 +559,17 @@ TEST(ControllerTest, BadConfigurationRegistrationAndLoadsAreRejected) {
   EXPECT_EQ(threads.status().message(),
             "eplb_config.balancer_threads: expected an integer in [1, 256], got 0");
   c.balancer_threads = 2;
+  c.imbalance_threshold = 0;
+  auto threshold = Controller::Create(c, {.layers = 2, .experts = 16}, world[0].get());
+  ASSERT_FALSE(threshold.ok());
+  EXPECT_EQ(threshold.status().message(),
+            "eplb_config.imbalance_threshold: expected a number in (0, 1], got 0");
+  c.imbalance_threshold = 0.99;
+  c.algorithm_options.target_balancedness = 2;
+  auto target = Controller::Create(c, {.layers = 2, .experts = 16}, world[0].get());
+  ASSERT_FALSE(target.ok());
+  EXPECT_EQ(target.status().message(), "swift: target_balancedness must be in (0, 1], got 2");
+  c.algorithm_options.target_balancedness = 0.97;
   c.expert_map_path = "/nonexistent/map.json";
   auto missing = Controller::Create(c, {.layers = 2, .experts = 16}, world[0].get());
   ASSERT_FALSE(missing.ok());
