@@ -44,7 +44,12 @@ int RunPlan(const PlanArgs& a) {
   auto format = ParseMapFormat(a.format);
   if (!format.ok()) return Fail(cmd, format.status().WithPrefix("--format"));
   auto balancer = MakeBalancer(a.algorithm, a.options);
-  if (!balancer.ok()) return Fail(cmd, balancer.status().WithPrefix("--algorithm"));
+  if (!balancer.ok()) {
+    // An unknown name, or a swift option out of range (its message names the option).
+    const std::vector<std::string> names = BalancerNames();
+    const bool unknown = std::ranges::find(names, a.algorithm) == names.end();
+    return Fail(cmd, unknown ? balancer.status().WithPrefix("--algorithm") : balancer.status());
+  }
   if (a.algorithm != "swift") {
     for (const CLI::Option* o : a.swift_only) {
       if (o->count() > 0) {

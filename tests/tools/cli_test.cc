@@ -251,6 +251,8 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError("plan --generate --experts 8 --algorithm deepseek --max-changes-per-layer 2" + shape,
               "--max-changes-per-layer applies to --algorithm swift only", out);
   ExpectError("plan --generate --experts 8 --nodes 3" + shape, "divide the 4 ranks", out);
+  ExpectError("plan --generate --experts 8 --target-balancedness 0" + shape,
+              "eplb plan: swift: target_balancedness must be in (0, 1], got 0", out);
   ExpectError(
       "plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --out " + out + " --report " + out,
       "named for two outputs", out);
