@@ -822,6 +822,11 @@ class Packer {
 
 // Calls fn(i, state) for every i in [0, n) on up to `threads` threads (the calling thread is one),
 // each with a State of its own; indices are handed out in ascending order.
+//
+// The one place an algorithm starts threads (STYLE.md keeps algorithms free of them): it stays a
+// pure function, since each index writes only its own output and reads nothing another index
+// writes, so the result is the same for any thread count; only swift knows when its layers are
+// independent (no per-cycle cap), which is why the split is here and not in the caller.
 template <typename State, typename F>
 void ParallelFor(int n, int threads, F fn) {
   std::atomic<int> next{0};
