@@ -31,8 +31,13 @@ std::string Run(eplb::Communicator* comm, uint64_t* digest, int64_t* cycles) {
   std::mt19937_64 rng(17 + comm->rank());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   for (int step = 0;; ++step) {
-    if (step >= 240 && !(*ctl)->CycleInProgress()) break;
-    if (std::chrono::steady_clock::now() > deadline) return "cycle did not finish within 60 s";
+    // At least two cycles: on a loaded machine a late worker can make a cycle span many steps
+    // (the engine keeps stepping), so a fixed step count is not enough. Cycles end at the same
+    // step on every rank, so every rank leaves the loop at the same step.
+    if (step >= 240 && !(*ctl)->CycleInProgress() && (*ctl)->Metrics().cycles >= 2) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      return "fewer than 2 cycles finished within 60 s";
+    }
     eplb::Status step_error;
     std::string err = engine.RunStep(step / 60, rng, &step_error);
     if (!err.empty()) return err;
