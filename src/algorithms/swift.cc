@@ -43,6 +43,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <system_error>
 #include <thread>
 
 namespace eplb {
@@ -835,7 +836,13 @@ void ParallelFor(int n, int threads, F fn) {
     for (int i = next++; i < n; i = next++) fn(i, state);
   };
   std::vector<std::jthread> helpers;
-  for (int t = 1; t < std::min(threads, n); ++t) helpers.emplace_back(work);
+  for (int t = 1; t < std::min(threads, n); ++t) {
+    try {
+      helpers.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;  // no more threads to be had: the ones running share the work
+    }
+  }
   work();
 }
 
