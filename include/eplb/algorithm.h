@@ -35,9 +35,10 @@ struct AlgorithmOptions {
   // excess load per slot it changes, or it is not worth its transfer.
   double min_gain_per_change = 1e-5;
   // swift: layers are balanced on up to this many threads, the calling thread included (1 to
-  // 256). Layers are independent, so the placement does not depend on it; with a per-cycle cap
-  // they share one budget in order and run on the calling thread alone.
+  // kMaxThreads). Layers are independent, so the placement does not depend on it; with a
+  // per-cycle cap they share one budget in order and run on the calling thread alone.
   int threads = 1;
+  static constexpr int kMaxThreads = 256;
 };
 
 struct BalanceInput {

@@ -26,9 +26,14 @@ struct RuntimeConfig {
   double imbalance_threshold = 0.99;   // layers at least this balanced are left alone (0, 1]
   int transfer_timeout_ms = 10000;     // a layer's transfers past this roll back (> 0)
   int balancer_threads = 1;            // threads the worker's balancer may use, 1 to 256
-  AlgorithmOptions algorithm_options;  // derived: skip_balancedness = imbalance_threshold,
-                                       // threads = balancer_threads
+  AlgorithmOptions algorithm_options;  // derived (BalancerOptions): skip_balancedness =
+                                       // imbalance_threshold, threads = balancer_threads
 };
+
+// config.algorithm_options with the fields the runtime keys name taken from those keys: what the
+// balancer runs with. ParseRuntimeConfig stores it; Controller::Create applies it again, so a
+// config built in code needs no extra step.
+AlgorithmOptions BalancerOptions(const RuntimeConfig& config);
 
 // Parses a JSON object (text). `origin` names the source in messages (a path, or "inline
 // config"). Every error is one line:

@@ -846,8 +846,6 @@ void ParallelFor(int n, int threads, F fn) {
   work();
 }
 
-constexpr int kMaxThreads = 256;
-
 // The options' documented ranges (checked once, when the balancer is made).
 Status ValidateOptions(const AlgorithmOptions& o) {
   if (!(o.target_balancedness > 0 && o.target_balancedness <= 1)) {
@@ -867,9 +865,9 @@ Status ValidateOptions(const AlgorithmOptions& o) {
         "swift: change caps must be >= 0, or -1 for no cap, got {} per layer and {} per cycle",
         o.max_changes_per_layer, o.max_changes_per_cycle));
   }
-  if (o.threads < 1 || o.threads > kMaxThreads) {
-    return Status::Invalid(
-        fmt::format("swift: threads must be in [1, {}], got {}", kMaxThreads, o.threads));
+  if (o.threads < 1 || o.threads > AlgorithmOptions::kMaxThreads) {
+    return Status::Invalid(fmt::format("swift: threads must be in [1, {}], got {}",
+                                       AlgorithmOptions::kMaxThreads, o.threads));
   }
   return Status::Ok();
 }

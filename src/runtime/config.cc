@@ -179,7 +179,7 @@ const std::vector<Key>& Keys() {
        }},
       {"balancer_threads",
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         constexpr int kMax = 256;  // as AlgorithmOptions::threads
+         constexpr int kMax = AlgorithmOptions::kMaxThreads;
          const std::optional<int64_t> i = AsInteger(v);
          if (!i || *i < 1 || *i > kMax) {
            return r.Bad(k, fmt::format("an integer in [1, {}]", kMax), v);
@@ -313,8 +313,7 @@ StatusOr<RuntimeConfig> Parse(const std::string& text, const std::string& origin
     if (it == Keys().end()) return UnknownKey(origin, key);
     EPLB_RETURN_IF_ERROR(it->read(reader, key, value, c));
   }
-  c.algorithm_options.skip_balancedness = c.imbalance_threshold;
-  c.algorithm_options.threads = c.balancer_threads;
+  c.algorithm_options = BalancerOptions(c);
   return c;
 }
 
@@ -390,6 +389,13 @@ StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int 
     }
   }
   return static_cast<int>(slots_per_rank);
+}
+
+AlgorithmOptions BalancerOptions(const RuntimeConfig& config) {
+  AlgorithmOptions options = config.algorithm_options;
+  options.skip_balancedness = config.imbalance_threshold;
+  options.threads = config.balancer_threads;
+  return options;
 }
 
 std::string RuntimeConfigToJson(const RuntimeConfig& config) {

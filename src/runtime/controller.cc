@@ -764,10 +764,10 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
         fmt::format("{}.imbalance_threshold: expected a number in (0, 1], got {}", kKey,
                     config.imbalance_threshold));
   }
-  if (config.balancer_threads < 1 || config.balancer_threads > 256) {
+  if (config.balancer_threads < 1 || config.balancer_threads > AlgorithmOptions::kMaxThreads) {
     return Status::Invalid(
-        fmt::format("{}.balancer_threads: expected an integer in [1, 256], got {}", kKey,
-                    config.balancer_threads));
+        fmt::format("{}.balancer_threads: expected an integer in [1, {}], got {}", kKey,
+                    AlgorithmOptions::kMaxThreads, config.balancer_threads));
   }
   EPLB_ASSIGN_OR_RETURN(int slots_per_rank,
                         ResolveSlotsPerRank(config, model.experts, comm->size()));
@@ -785,11 +785,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
                   .groups = 1};
   EPLB_RETURN_IF_ERROR(m.shape.Validate().WithPrefix("model"));
   m.records = m.rank % m.shape.ranks_per_node() == 0;
-  // The runtime keys decide what they name, as ParseRuntimeConfig derives them.
-  AlgorithmOptions options = config.algorithm_options;
-  options.skip_balancedness = config.imbalance_threshold;
-  options.threads = config.balancer_threads;
-  EPLB_ASSIGN_OR_RETURN(m.balancer, MakeBalancer(config.algorithm, options));
+  EPLB_ASSIGN_OR_RETURN(m.balancer, MakeBalancer(config.algorithm, BalancerOptions(config)));
   if (!config.expert_map_path.empty()) {
     const std::string where = fmt::format("{}.expert_map_path: {}", kKey, config.expert_map_path);
     StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, model.experts, comm->size());

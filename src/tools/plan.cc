@@ -45,9 +45,8 @@ int RunPlan(const PlanArgs& a) {
   if (!format.ok()) return Fail(cmd, format.status().WithPrefix("--format"));
   auto balancer = MakeBalancer(a.algorithm, a.options);
   if (!balancer.ok()) {
-    // An unknown name, or a swift option out of range (its message names the option).
-    const std::vector<std::string> names = BalancerNames();
-    const bool unknown = std::ranges::find(names, a.algorithm) == names.end();
+    // An unknown name (NotFound), or a swift option out of range (its message names the option).
+    const bool unknown = balancer.status().code() == StatusCode::kNotFound;
     return Fail(cmd, unknown ? balancer.status().WithPrefix("--algorithm") : balancer.status());
   }
   if (a.algorithm != "swift") {
@@ -241,7 +240,7 @@ Action AddPlan(CLI::App& app) {
       app.add_option("--threads", a->options.threads,
                      "swift: balance layers on this many threads (same placement)")
           ->capture_default_str()
-          ->check(CLI::Range(1, 256)),
+          ->check(CLI::Range(1, AlgorithmOptions::kMaxThreads)),
   };
   return [a] { return RunPlan(*a); };
 }
