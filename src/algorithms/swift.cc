@@ -778,8 +778,10 @@ class Packer {
     experts_.clear();
     for (int e = 0; e < E; ++e) experts_.push_back(MakeKey(-(w[e] / count[e]), e));
     std::sort(experts_.begin(), experts_.end());
+    S_ = slots_per_rank;
     heap_.clear();
     for (int r = 0; r < ranks; ++r) heap_.push_back(MakeKey(0.0, r));  // already a min-heap
+    load_.assign(ranks, 0.0);
     fill_.assign(ranks, 0);
     last_.assign(ranks, -1);  // the expert a rank received last: the only one it can hold twice
     phy2log_.assign(static_cast<size_t>(ranks) * slots_per_rank, -1);
@@ -788,13 +790,16 @@ class Packer {
       const int e = KeyId(k);
       for (int c = 0; c < count[e]; ++c) {
         while (last_[KeyId(heap_.front())] == e) SkipTop();
-        const double load = KeyValue(heap_.front());
         const int r = KeyId(heap_.front());
-        phy2log_[static_cast<size_t>(r) * slots_per_rank + fill_[r]++] = e;
+        if (fill_[r] == S_) {  // every rank with a free slot holds e already
+          Relocate(e, w, count);
+          continue;
+        }
+        phy2log_[static_cast<size_t>(r) * S_ + fill_[r]++] = e;
         last_[r] = e;
+        load_[r] += piece;
         // A full rank sinks to the bottom for good.
-        const double next = fill_[r] < slots_per_rank ? load + piece : kFull;
-        ReplaceTop(heap_, MakeKey(next, r), std::less<>());
+        ReplaceTop(heap_, MakeKey(fill_[r] < S_ ? load_[r] : kFull, r), std::less<>());
         for (const Key s : skipped_) Push(s);
         skipped_.clear();
       }
@@ -804,6 +809,40 @@ class Packer {
 
  private:
   static constexpr double kFull = std::numeric_limits<double>::infinity();
+  // Places a replica of e when every rank with a free slot holds e. That happens only when adding
+  // a piece leaves a load unchanged (zero loads, or pieces below the loads' rounding), so the
+  // lightest rank takes piece after piece until the free slots are left on a few ranks. A free
+  // slot's rank q takes an expert f from the first full rank p that lacks e and holds an f that q
+  // lacks (p exists: q is not full, so it holds fewer experts than p), and e takes f's slot on p.
+  void Relocate(int e, std::span<const double> w, const std::vector<int>& count) {
+    for (const Key s : skipped_) Push(s);
+    skipped_.clear();
+    int q = 0;
+    while (fill_[q] == S_) ++q;
+    auto holds = [&](int r, int x) {
+      const int* slots = &phy2log_[static_cast<size_t>(r) * S_];
+      return std::find(slots, slots + fill_[r], x) != slots + fill_[r];
+    };
+    for (int p = 0; p < static_cast<int>(fill_.size()); ++p) {
+      if (fill_[p] < S_ || holds(p, e)) continue;
+      for (int t = 0; t < S_; ++t) {
+        int& slot = phy2log_[static_cast<size_t>(p) * S_ + t];
+        const int f = slot;
+        if (holds(q, f)) continue;
+        phy2log_[static_cast<size_t>(q) * S_ + fill_[q]++] = f;
+        slot = e;
+        last_[p] = e;
+        load_[q] += w[f] / count[f];
+        load_[p] += w[e] / count[e] - w[f] / count[f];
+        heap_.clear();
+        for (int r = 0; r < static_cast<int>(fill_.size()); ++r) {
+          heap_.push_back(MakeKey(fill_[r] < S_ ? load_[r] : kFull, r));
+        }
+        std::make_heap(heap_.begin(), heap_.end(), std::greater<>());
+        return;
+      }
+    }
+  }
   // Sets the lightest rank aside (it holds the expert being placed) until the replica is placed.
   void SkipTop() {
     std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
@@ -818,7 +857,9 @@ class Packer {
   std::vector<Key> experts_;  // (-piece, expert), ascending
   std::vector<Key> heap_;     // (load, rank), a min-heap
   std::vector<Key> skipped_;
+  std::vector<double> load_;
   std::vector<int> fill_, last_, phy2log_;
+  int S_ = 0;
 };
 
 // Calls fn(i, state) for every i in [0, n) on up to `threads` threads (the calling thread is one),

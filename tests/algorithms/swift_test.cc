@@ -1,6 +1,7 @@
 // Tests of the swift balancer: validity, determinism and the promises of incremental mode
 // (never worse, caps respected, balanced layers untouched, no movement without need) on random
 // cases; quality and movement on the real DeepSeek-V3 statistics when they are present.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -136,6 +137,31 @@ TEST(SwiftTest, ZeroLoadAndSingleRankShapesWork) {
   auto c = RunSwift(*load, one);
   ASSERT_TRUE(c.ok());
   EXPECT_TRUE(ValidatePlacement(c->placement, one).ok());
+}
+
+// Found by fuzz_balance: when adding a piece leaves a rank's load unchanged (zero loads, or loads
+// below the others' rounding), the lightest rank takes piece after piece, and the last expert's
+// replicas once found free slots only on a rank that already held it; the packer then wrote past
+// the layer (heap corruption). Every small shape with such loads must give a valid placement.
+TEST(SwiftTest, LoadsThatVanishInRankLoadsGiveValidPlacements) {
+  const double tiny = 2.3e-289;  // vanishes next to 16421 in a double sum
+  for (int ranks = 1; ranks <= 12; ++ranks) {
+    for (int spr = 1; spr <= 5; ++spr) {
+      for (int experts = spr; experts <= ranks * spr; ++experts) {
+        for (double rest : {0.0, tiny}) {
+          SCOPED_TRACE(fmt::format("{} ranks x {} slots, {} experts, rest {}", ranks, spr, experts,
+                                   rest));
+          const Shape shape{.layers = 1, .experts = experts, .ranks = ranks, .slots_per_rank = spr};
+          LoadMatrix load(1, experts);
+          for (int e = 0; e < experts; ++e) load.at(0, e) = e == 0 ? 16421 : rest;
+          auto a = RunSwift(load, shape);
+          ASSERT_TRUE(a.ok()) << a.status().ToString();
+          ASSERT_TRUE(ValidatePlacement(a->placement, shape).ok())
+              << ValidatePlacement(a->placement, shape).message();
+        }
+      }
+    }
+  }
 }
 
 TEST(SwiftTest, RejectsBadInputAndOptions) {
