@@ -307,11 +307,12 @@ StatusOr<RuntimeConfig> Parse(const std::string& text, const std::string& origin
   const Reader reader(origin);
   RuntimeConfig c;
   // json objects iterate in key order, so the first error reported does not depend on the text.
-  for (const auto& [key, value] : doc.items()) {
+  for (const auto& item : doc.items()) {
+    const std::string& key = item.key();
     const auto it =
         std::find_if(Keys().begin(), Keys().end(), [&](const Key& k) { return k.name == key; });
     if (it == Keys().end()) return UnknownKey(origin, key);
-    EPLB_RETURN_IF_ERROR(it->read(reader, key, value, c));
+    EPLB_RETURN_IF_ERROR(it->read(reader, key, item.value(), c));
   }
   c.algorithm_options = BalancerOptions(c);
   return c;
