@@ -4,7 +4,7 @@ TYPE ?= Release
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps build run test bench sanitize asan tsan format clean
+.PHONY: deps build run test bench sanitize asan tsan fuzz format clean
 
 deps:
 	./scripts/install-deps.sh
@@ -34,6 +34,15 @@ tsan: deps
 	cmake --build $(BUILD)-tsan -j $(JOBS)
 	ctest --test-dir $(BUILD)-tsan --output-on-failure -j $(JOBS) -L "runtime|threads" -LE mpi
 
+# The libFuzzer targets (clang, ASan + UBSan), each run for FUZZ_SECONDS; not part of `make test`,
+# which replays their corpus (fuzz/corpus/) on every build instead.
+FUZZ_SECONDS ?= 60
+fuzz:
+	./scripts/install-deps.sh fuzz
+	cmake -S . -B $(BUILD)-fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_FUZZ=ON -DEPLB_BUILD_TESTS=OFF -DEPLB_BUILD_BENCH=OFF
+	cmake --build $(BUILD)-fuzz -j $(JOBS)
+	./scripts/fuzz.sh $(BUILD)-fuzz $(FUZZ_SECONDS)
+
 bench: build
 	./$(BUILD)/bench/eplb_algorithms_bench
 	./$(BUILD)/bench/eplb_runtime_bench
@@ -43,4 +52,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cc')
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan $(BUILD)-fuzz

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages SwiftBalancer builds and tests with. Idempotent: only what is missing
 # is installed. Every dependency of the build is listed here, so a fresh Debian 12 machine needs
-# nothing else.
+# nothing else. `install-deps.sh fuzz` also installs clang and libFuzzer for `make fuzz`.
 set -euo pipefail
 packages=(
   build-essential cmake make pkg-config
@@ -9,6 +9,9 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin libopenblas-dev
 )
+if [[ "${1:-}" == "fuzz" ]]; then
+  packages+=(clang-14 libclang-rt-14-dev)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

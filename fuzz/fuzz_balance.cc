@@ -1,0 +1,115 @@
+// Fuzz target: the algorithms and the transfer planner on small shapes, loads of any spread
+// (zeros, equal values, values that differ by hundreds of orders of magnitude) and current
+// placements that may or may not be valid. Every call must return a valid placement or an error;
+// results must not depend on the thread count or on the call; the plan from the current placement
+// must reproduce the new one.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "eplb/algorithm.h"
+#include "eplb/placement.h"
+#include "eplb/planner.h"
+
+namespace {
+
+// Reads the input front to back; zeros once it is spent.
+class Bytes {
+ public:
+  Bytes(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  uint8_t Byte() { return pos_ < size_ ? data_[pos_++] : 0; }
+  int Int(int lo, int hi) { return lo + Byte() % (hi - lo + 1); }  // [lo, hi], hi - lo < 256
+  double Load() {
+    const uint8_t kind = Byte();
+    if (kind < 32) return 0.0;
+    if (kind < 40) return std::ldexp(1.0 + Byte(), Int(-1000, 1000) / 4 * 4);  // extreme scales
+    return static_cast<double>(Byte() * 256 + Byte());
+  }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+// Whether every rank holds the same experts in both (slot order aside).
+bool SameRankSets(const eplb::Placement& a, const eplb::Placement& b) {
+  for (int l = 0; l < a.layers(); ++l) {
+    for (int r = 0; r < a.ranks(); ++r) {
+      auto x = a.layer(l).subspan(static_cast<size_t>(r) * a.slots_per_rank(), a.slots_per_rank());
+      auto y = b.layer(l).subspan(static_cast<size_t>(r) * b.slots_per_rank(), b.slots_per_rank());
+      std::vector<int> xs(x.begin(), x.end()), ys(y.begin(), y.end());
+      std::sort(xs.begin(), xs.end());
+      std::sort(ys.begin(), ys.end());
+      if (xs != ys) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  Bytes in(data, size);
+  eplb::Shape shape;
+  shape.layers = in.Int(1, 3);
+  shape.ranks = in.Int(1, 12);
+  shape.slots_per_rank = in.Int(1, 5);
+  shape.experts = in.Int(1, shape.ranks * shape.slots_per_rank);
+  shape.nodes = in.Int(1, shape.ranks);
+  shape.groups = in.Int(1, shape.experts);
+  const bool swift = in.Byte() % 2 == 0;
+  eplb::AlgorithmOptions options;
+  options.target_balancedness = 0.5 + in.Byte() / 510.0;
+  options.skip_balancedness = 0.5 + in.Byte() / 510.0;
+  options.max_changes_per_layer = in.Int(-1, 20);
+  options.max_changes_per_cycle = in.Int(-1, 40);
+
+  eplb::LoadMatrix load(shape.layers, shape.experts);
+  for (int l = 0; l < shape.layers; ++l) {
+    for (int e = 0; e < shape.experts; ++e) load.at(l, e) = in.Load();
+  }
+  const bool with_current = in.Byte() % 2 == 0;
+  std::vector<int> ids(static_cast<size_t>(shape.layers) * shape.slots());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    // Mostly a valid id-order layout with some ids replaced (often making it invalid).
+    ids[i] = in.Byte() < 200 ? static_cast<int>(i % shape.slots() % shape.experts)
+                             : in.Int(-1, shape.experts);
+  }
+  const eplb::Placement current(shape.layers, shape.ranks, shape.slots_per_rank, shape.experts,
+                                ids);
+
+  auto balancer = eplb::MakeBalancer(swift ? "swift" : "deepseek", options);
+  if (!balancer.ok()) std::abort();  // the options above are all in range
+  const eplb::BalanceInput input{&load, shape, with_current ? &current : nullptr};
+  auto result = (*balancer)->Balance(input);
+  if (!result.ok()) {
+    // Only a bad shape or a bad current placement may be refused.
+    const bool bad_current = with_current && !eplb::ValidatePlacement(current, shape).ok();
+    if (shape.Validate().ok() && !bad_current) std::abort();
+    return 0;
+  }
+  const eplb::Placement& out = result->placement;
+  if (!eplb::ValidatePlacement(out, shape).ok()) std::abort();
+  auto again = (*balancer)->Balance(input);
+  if (!again.ok() || !(again->placement == out)) std::abort();
+  if (swift) {
+    options.threads = 3;
+    auto threaded = eplb::MakeBalancer("swift", options);
+    if (!threaded.ok()) std::abort();
+    auto t = (*threaded)->Balance(input);
+    if (!t.ok() || !(t->placement == out)) std::abort();
+  }
+  if (with_current) {
+    auto plan = eplb::PlanTransfers(current, out, shape, {.keep_slots = true, .expert_bytes = 8});
+    if (!plan.ok()) std::abort();
+    if (!(eplb::ApplyPlan(current, *plan) == plan->final_placement)) std::abort();
+    if (!SameRankSets(plan->final_placement, out)) std::abort();
+  }
+  return 0;
+}
