@@ -1,8 +1,8 @@
 // Fuzz target: the algorithms and the transfer planner on small shapes, loads of any spread
-// (zeros, equal values, values that differ by hundreds of orders of magnitude) and current
-// placements that may or may not be valid. Every call must return a valid placement or an error;
-// results must not depend on the thread count or on the call; the plan from the current placement
-// must reproduce the new one.
+// (zeros, equal values, values that differ by hundreds of orders of magnitude, sums that overflow)
+// and current placements that may or may not be valid. Every call must return a valid placement or
+// an error (only for a bad shape, load or current placement); results must not depend on the
+// thread count or on the call; the plan from the current placement must reproduce the new one.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -27,7 +27,7 @@ class Bytes {
   double Load() {
     const uint8_t kind = Byte();
     if (kind < 32) return 0.0;
-    if (kind < 40) return std::ldexp(1.0 + Byte(), Int(-1000, 1000) / 4 * 4);  // extreme scales
+    if (kind < 40) return std::ldexp(1.0 + Byte(), (Byte() - 128) * 8);  // 2^-1024 .. inf
     return static_cast<double>(Byte() * 256 + Byte());
   }
 
@@ -89,9 +89,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const eplb::BalanceInput input{&load, shape, with_current ? &current : nullptr};
   auto result = (*balancer)->Balance(input);
   if (!result.ok()) {
-    // Only a bad shape or a bad current placement may be refused.
+      // Only a bad shape, load or current placement may be refused.
     const bool bad_current = with_current && !eplb::ValidatePlacement(current, shape).ok();
-    if (shape.Validate().ok() && !bad_current) std::abort();
+    if (shape.Validate().ok() && eplb::ValidateLoad(load).ok() && !bad_current) std::abort();
     return 0;
   }
   const eplb::Placement& out = result->placement;

@@ -33,7 +33,8 @@ struct Shape {
   std::string ToString() const;
 };
 
-// Token load per (layer, logical expert), row-major. Values are finite and non-negative.
+// Token load per (layer, logical expert), row-major. Values are finite and non-negative and each
+// row's sum is finite (FromRows and ValidateLoad check it; at() does not).
 class LoadMatrix {
  public:
   LoadMatrix() = default;
@@ -131,6 +132,10 @@ struct RoutingTable {
 
 // Expert map of one rank for one layer: logical expert -> local slot, or -1 when absent.
 std::vector<int> ExpertMap(const Placement& p, int layer, int rank);
+
+// Every value finite and non-negative, every row's sum finite (so rank loads and means are);
+// the message names the layer (row) and the expert (column).
+Status ValidateLoad(const LoadMatrix& load);
 
 // ---- metrics ----
 

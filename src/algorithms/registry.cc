@@ -24,6 +24,7 @@ Status ValidateBalanceInput(const BalanceInput& input) {
                                        input.load->layers(), input.load->experts(),
                                        input.shape.layers, input.shape.experts));
   }
+  EPLB_RETURN_IF_ERROR(ValidateLoad(*input.load));
   if (input.current != nullptr) {
     EPLB_RETURN_IF_ERROR(
         ValidatePlacement(*input.current, input.shape).WithPrefix("current placement"));

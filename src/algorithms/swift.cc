@@ -982,7 +982,7 @@ class Swift final : public Balancer {
                       ids.begin() + static_cast<size_t>(l) * slots);
           }
           target -= kRetryStep;
-          if (got >= target || target <= best) break;
+          if (got >= target || !(target > best)) break;
         }
         return best_changes;
       };

@@ -27,6 +27,15 @@ constexpr std::string_view kExpectedLoad = "expected a non-negative finite numbe
 
 bool IsLoad(double v) { return std::isfinite(v) && v >= 0; }
 
+// Rank loads and means are sums of a row's values, so the sum must be a finite double too.
+bool SumIsFinite(const std::vector<double>& row) {
+  double sum = 0;
+  for (double v : row) sum += v;
+  return std::isfinite(sum);
+}
+constexpr std::string_view kSumOverflow =
+    "the values sum to more than the largest double (1.79769e+308); scale them down";
+
 // Splits into the MoE rows and the all-zero (dense) rows; rows are already validated.
 StatusOr<LoadFile> Finish(const Rows& rows, const std::string& origin) {
   LoadFile f;
@@ -78,6 +87,9 @@ StatusOr<Rows> JsonRows(const json& m, const std::string& key, const std::string
                                            kExpectedLoad, Describe(row[j])));
       }
       rows[i].push_back(row[j].get<double>());
+    }
+    if (!SumIsFinite(rows[i])) {
+      return Status::Invalid(fmt::format("{}: {}[{}]: {}", origin, key, i, kSumOverflow));
     }
   }
   return rows;
@@ -182,6 +194,9 @@ StatusOr<LoadFile> ParseCsvLoad(std::string_view text, const std::string& origin
                                            j + 1, kExpectedLoad, got));
       }
       row.push_back(*v);
+    }
+    if (!SumIsFinite(row)) {
+      return Status::Invalid(fmt::format("{}: line {}: {}", origin, line_no, kSumOverflow));
     }
     if (rows.empty()) {
       first_row_line = line_no;

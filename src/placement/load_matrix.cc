@@ -1,6 +1,8 @@
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "eplb/placement.h"
 
@@ -16,16 +18,30 @@ StatusOr<LoadMatrix> LoadMatrix::FromRows(const std::vector<std::vector<double>>
       return Status::Invalid(
           fmt::format("load row {} has {} values, row 0 has {}", l, rows[l].size(), experts));
     }
-    for (size_t e = 0; e < experts; ++e) {
-      const double v = rows[l][e];
+    std::copy(rows[l].begin(), rows[l].end(), m.row(static_cast<int>(l)).begin());
+  }
+  EPLB_RETURN_IF_ERROR(ValidateLoad(m));
+  return m;
+}
+
+Status ValidateLoad(const LoadMatrix& load) {
+  for (int l = 0; l < load.layers(); ++l) {
+    double sum = 0;
+    for (int e = 0; e < load.experts(); ++e) {
+      const double v = load.at(l, e);
       if (!std::isfinite(v) || v < 0) {
-        return Status::Invalid(
-            fmt::format("load row {} column {}: {} is not a finite non-negative number", l, e, v));
+        return Status::Invalid(fmt::format(
+            "load of layer {}, expert {} is {}; loads must be finite and >= 0", l, e, v));
       }
-      m.at(static_cast<int>(l), static_cast<int>(e)) = v;
+      sum += v;
+    }
+    if (!std::isfinite(sum)) {
+      return Status::Invalid(fmt::format(
+          "loads of layer {} sum to more than the largest double ({}); scale them down", l,
+          std::numeric_limits<double>::max()));
     }
   }
-  return m;
+  return Status::Ok();
 }
 
 std::vector<int> LoadMatrix::ZeroRows() const {

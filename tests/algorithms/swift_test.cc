@@ -173,6 +173,19 @@ TEST(SwiftTest, RejectsBadInputAndOptions) {
   EXPECT_NE(r.status().message().find("load is 3 layers x 8 experts, shape expects 2 x 8"),
             std::string::npos)
       << r.status().message();
+  // Loads whose sum overflows (before: the retry loop never ended on NaN balancedness).
+  LoadMatrix huge(2, 8);
+  for (int e = 0; e < 8; ++e) huge.at(1, e) = 1e308;
+  auto fresh = RunSwift(load, shape);
+  ASSERT_TRUE(fresh.ok());
+  const Placement* currents[] = {nullptr, &fresh->placement};
+  for (const Placement* current : currents) {
+    auto h = RunSwift(huge, shape, current);
+    ASSERT_FALSE(h.ok());
+    EXPECT_EQ(h.status().message(),
+              "loads of layer 1 sum to more than the largest double (1.7976931348623157e+308); "
+              "scale them down");
+  }
   const Placement bad(2, 4, 3, 8, std::vector<int>(24, 0));
   auto c = RunSwift(load, shape, &bad);
   ASSERT_FALSE(c.ok());

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 
 #include "testing/random_cases.h"
@@ -31,6 +32,26 @@ TEST(ShapeTest, RejectsEachBadField) {
   bad([](Shape& s) { s.slots_per_rank = 9; }, "exceeds the 8 logical experts");
   bad([](Shape& s) { s.nodes = 3; }, "nodes");
   bad([](Shape& s) { s.groups = 3; }, "groups");
+}
+
+TEST(LoadMatrixTest, ValidateLoadNamesLayerAndExpert) {
+  LoadMatrix m(2, 3);
+  EXPECT_TRUE(ValidateLoad(m).ok());
+  m.at(1, 2) = -1;
+  EXPECT_EQ(ValidateLoad(m).message(),
+            "load of layer 1, expert 2 is -1; loads must be finite and >= 0");
+  m.at(1, 2) = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_EQ(ValidateLoad(m).message(),
+            "load of layer 1, expert 2 is nan; loads must be finite and >= 0");
+  m.at(1, 2) = 1.5e308;
+  m.at(1, 0) = 1.5e308;
+  EXPECT_EQ(ValidateLoad(m).message(),
+            "loads of layer 1 sum to more than the largest double (1.7976931348623157e+308); "
+            "scale them down");
+  auto rows = LoadMatrix::FromRows({{1, 2}, {1e308, 1e308}});
+  ASSERT_FALSE(rows.ok());
+  EXPECT_NE(rows.status().message().find("loads of layer 1 sum to more"), std::string::npos);
+  EXPECT_TRUE(LoadMatrix::FromRows({{1, 2}, {1e308, 0}}).ok());
 }
 
 TEST(PlacementTest, ValidationNamesLayerRankSlotAndExpert) {
