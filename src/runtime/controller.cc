@@ -240,7 +240,21 @@ struct Controller::Impl {
       return;
     }
     int64_t* w = &window[static_cast<size_t>(layer) * S];
-    for (int s = 0; s < S; ++s) w[s] += tokens[s];
+    T signs = 0;  // the OR of the counts is negative iff one of them is
+    for (int s = 0; s < S; ++s) {
+      w[s] += tokens[s];
+      signs |= tokens[s];
+    }
+    if (signs < 0) {  // rare: undone after the fact, so the loop above stays branch-free
+      for (int s = 0; s < S; ++s) w[s] -= tokens[s];
+      if (input_error.ok()) {
+        const int s = static_cast<int>(
+            std::find_if(tokens.begin(), tokens.end(), [](T v) { return v < 0; }) - tokens.begin());
+        input_error = Status::Invalid(
+            fmt::format("RecordLoad: layer {}, local slot {}: {} tokens; counts must be >= 0",
+                        layer, s, static_cast<int64_t>(tokens[s])));
+      }
+    }
     if (timed) AddHookTime(t0, kRecordSample);
   }
 

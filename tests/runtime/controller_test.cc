@@ -594,6 +594,11 @@ TEST(ControllerTest, BadConfigurationRegistrationAndLoadsAreRejected) {
   EXPECT_NE(s.message().find("RecordLoad: layer 0 with 3 counts"), std::string::npos)
       << s.message();
   EXPECT_TRUE(k.Step().ok());  // reported once
+  const std::vector<int32_t> negative{4, 0, -7, 1};
+  k.RecordLoad(1, negative);
+  s = k.Step();
+  EXPECT_EQ(s.message(), "RecordLoad: layer 1, local slot 2: -7 tokens; counts must be >= 0");
+  EXPECT_TRUE(k.Step().ok());
   EXPECT_EQ(k.Routing(2), nullptr);
   EXPECT_EQ(k.Routing(1)->epoch, 0u);
 }
