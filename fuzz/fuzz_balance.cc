@@ -106,10 +106,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!t.ok() || !(t->placement == out)) std::abort();
   }
   if (with_current) {
-    auto plan = eplb::PlanTransfers(current, out, shape, {.keep_slots = true, .expert_bytes = 8});
+    const bool keep_slots = in.Byte() % 2 == 0;
+    auto plan =
+        eplb::PlanTransfers(current, out, shape, {.keep_slots = keep_slots, .expert_bytes = 8});
     if (!plan.ok()) std::abort();
     if (!(eplb::ApplyPlan(current, *plan) == plan->final_placement)) std::abort();
     if (!SameRankSets(plan->final_placement, out)) std::abort();
+    if (!keep_slots && !(plan->final_placement == out)) std::abort();
+    std::vector<char> written(static_cast<size_t>(shape.layers) * shape.slots(), 0);
+    for (const eplb::ExpertCopy& c : plan->copies) {  // each destination slot written once
+      char& w = written[static_cast<size_t>(c.layer) * shape.slots() +
+                        c.dst_rank * shape.slots_per_rank + c.dst_slot];
+      if (w++) std::abort();
+    }
   }
   return 0;
 }
