@@ -42,9 +42,6 @@
 // reference whenever only swaps were needed.
 #include "algorithms/deepseek.h"
 
-#include <fmt/format.h>
-
-#include <cmath>
 #include <span>
 #include <vector>
 
