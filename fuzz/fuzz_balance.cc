@@ -89,7 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const eplb::BalanceInput input{&load, shape, with_current ? &current : nullptr};
   auto result = (*balancer)->Balance(input);
   if (!result.ok()) {
-      // Only a bad shape, load or current placement may be refused.
+    // Only a bad shape, load or current placement may be refused.
     const bool bad_current = with_current && !eplb::ValidatePlacement(current, shape).ok();
     if (shape.Validate().ok() && eplb::ValidateLoad(load).ok() && !bad_current) std::abort();
     return 0;

@@ -1,8 +1,8 @@
 // Fuzz target: load statistics (JSON and CSV). Any input must give a LoadFile or an error naming
 // the origin, never a crash; a LoadFile must be consistent with itself.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cmath>
 #include <cstdlib>
 #include <string>
 

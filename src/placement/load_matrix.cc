@@ -36,9 +36,9 @@ Status ValidateLoad(const LoadMatrix& load) {
       sum += v;
     }
     if (!std::isfinite(sum)) {
-      return Status::Invalid(fmt::format(
-          "loads of layer {} sum to more than the largest double ({}); scale them down", l,
-          std::numeric_limits<double>::max()));
+      return Status::Invalid(
+          fmt::format("loads of layer {} sum to more than the largest double ({}); scale them down",
+                      l, std::numeric_limits<double>::max()));
     }
   }
   return Status::Ok();

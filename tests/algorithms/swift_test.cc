@@ -149,8 +149,8 @@ TEST(SwiftTest, LoadsThatVanishInRankLoadsGiveValidPlacements) {
     for (int spr = 1; spr <= 5; ++spr) {
       for (int experts = spr; experts <= ranks * spr; ++experts) {
         for (double rest : {0.0, tiny}) {
-          SCOPED_TRACE(fmt::format("{} ranks x {} slots, {} experts, rest {}", ranks, spr, experts,
-                                   rest));
+          SCOPED_TRACE(
+              fmt::format("{} ranks x {} slots, {} experts, rest {}", ranks, spr, experts, rest));
           const Shape shape{.layers = 1, .experts = experts, .ranks = ranks, .slots_per_rank = spr};
           LoadMatrix load(1, experts);
           for (int e = 0; e < experts; ++e) load.at(0, e) = e == 0 ? 16421 : rest;
