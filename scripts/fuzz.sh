@@ -10,18 +10,21 @@ build=$(cd "${1:-build-fuzz}" && pwd)
 seconds=${2:-60}
 src=$(cd "$(dirname "$0")/.." && pwd)
 status=0
-for name in load expert_map runtime_config balance; do
-  bin="$build/fuzz/fuzz_$name"
-  if [[ ! -x "$bin" ]]; then
-    echo "fuzz.sh: $bin not found; build with make fuzz" >&2
-    exit 1
-  fi
+bins=("$build"/fuzz/fuzz_*)  # the targets fuzz/CMakeLists.txt builds
+if [[ ! -x "${bins[0]}" ]]; then
+  echo "fuzz.sh: no fuzz targets in $build/fuzz; build with make fuzz" >&2
+  exit 1
+fi
+for bin in "${bins[@]}"; do
+  name=${bin##*/fuzz_}
+  [[ "$name" == *_replay ]] && continue  # corpus replays, when the tests were built here too
   work="$build/fuzz-work/$name"
   mkdir -p "$work"
   echo "fuzz.sh: $name for ${seconds}s"
   if ! (cd "$build/fuzz-work" && "$bin" -max_total_time="$seconds" -max_len=4096 -timeout=10 \
         -print_final_stats=1 "$work" "$src/fuzz/corpus/$name" 2>"$name.log"); then
-    echo "fuzz.sh: $name FAILED; see $build/fuzz-work/$name.log and the crash-* input there" >&2
+    echo "fuzz.sh: $name FAILED; see $build/fuzz-work/$name.log and its crash-* or timeout-*" \
+      "input there" >&2
     status=1
   fi
   grep -E "^stat::number_of_executed_units|^Done" "$build/fuzz-work/$name.log" || true
