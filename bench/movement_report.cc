@@ -1,5 +1,6 @@
 // Movement report: plan for workload A, then re-plan for workload B from A's placement, over all
-// ordered pairs of the 12 DeepSeek-V3 workloads at 64 ranks x 5 slots. Prints, as a Markdown
+// ordered pairs of the 12 DeepSeek-V3 workloads at 64 ranks x 5 slots (or at the ranks and slots
+// per rank given as the two arguments, e.g. `eplb_movement_report 256 2`). Prints, as a Markdown
 // table, the balancedness reached on B and the share of slots changed: for the reference
 // (deepseek, recomputed from scratch), for swift at several targets, and for swift with a cap on
 // the slots changed per cycle (2.5%, 5%, 10%, 20%). Loads come from EPLB_DATA_DIR (default
@@ -17,7 +18,20 @@
 
 using namespace eplb;
 
-int main() {
+int main(int argc, char** argv) {
+  Shape shape{.layers = 58, .experts = 256, .ranks = 64, .slots_per_rank = 5};
+  if (argc == 3) {
+    shape.ranks = std::atoi(argv[1]);
+    shape.slots_per_rank = std::atoi(argv[2]);
+  }
+  if (argc != 1 && argc != 3) {
+    fmt::print(stderr, "usage: {} [RANKS SLOTS_PER_RANK]\n", argv[0]);
+    return 1;
+  }
+  if (Status s = shape.Validate(); !s.ok()) {
+    fmt::print(stderr, "{}: {}\n", argv[0], s.ToString());
+    return 1;
+  }
   const char* env = std::getenv("EPLB_DATA_DIR");
   const std::string dir =
       std::string(env && *env ? env : "../shared/data/expert-load") + "/deepseek-v3/";
@@ -39,7 +53,6 @@ int main() {
     }
     loads.push_back(f->moe);
   }
-  const Shape shape{.layers = 58, .experts = 256, .ranks = 64, .slots_per_rank = 5};
   const double total_slots = static_cast<double>(shape.layers) * shape.slots();
   auto swift = std::move(*MakeBalancer("swift"));
   std::vector<Placement> fresh;
@@ -107,8 +120,8 @@ int main() {
                ms / pairs);
   }
   fmt::print(
-      "\n{} ordered pairs of DeepSeek-V3 workloads, 58 layers x 256 experts, 64 ranks x 5 slots; "
+      "\n{} ordered pairs of DeepSeek-V3 workloads, 58 layers x 256 experts, {} ranks x {} slots; "
       "on {} of them the stale placement scores at least 0.6.\n",
-      pairs, mild);
+      pairs, shape.ranks, shape.slots_per_rank, mild);
   return 0;
 }

@@ -16,12 +16,15 @@
 // changed is stale: an overloaded rank's step is searched again at once and goes back in line by
 // its new value, a replication waits for the next round. A layer stops when no rank exceeds T (it
 // has reached the target), when no step removes at least min_gain_per_change x mean per slot
-// changed, or when its change budget is spent. Layers already at skip_balancedness are left alone,
-// worst layers go first (so a per-cycle budget goes where it helps most), and a layer's result is
-// kept only if it is better than before. A layer that ends clearly short of its target (the target
-// is beyond what the shape or the change budget allows, where descending on the excess over an
-// unreachable cap trades the peak for the other ranks) is searched again from its placement with
-// targets lowered in steps of kRetryStep, keeping the most balanced result.
+// changed, or when its change budget is spent. A search's result is the most balanced placement it
+// passed through (ties: the one with fewer changes), not where it stopped: with the target out of
+// reach, the descent on the excess goes on moving load between ranks below the peak after the
+// peak stops falling. Layers already at skip_balancedness are left alone, worst layers go first
+// (so a per-cycle budget goes where it helps most), and a layer's result is kept only if it is
+// better than before. A layer that ends clearly short of its target (the target is beyond what the
+// shape or the change budget allows, where descending on the excess over an unreachable cap trades
+// the peak for the other ranks) is searched again from its placement with targets lowered in steps
+// of kRetryStep, keeping the most balanced result.
 //
 // Without a current placement, a fresh placement is built: replicas to the largest load per
 // replica, heaviest replica first onto the lightest rank with a free slot that lacks the expert,
@@ -361,6 +364,9 @@ class ExcessSearch : public LayerState {
   // Runs rounds until the excess is gone, no step removes at least min_gain x mean per slot
   // changed, or the change budget (-1: none) is spent.
   void Improve(double target, int budget, double min_gain, int max_rounds) {
+    best_balancedness_ = Balancedness();
+    best_changes_ = 0;
+    best_slots_ = slot_;
     if (total_ <= 0) return;
     const double mean = Mean();
     cap_ = mean / target;
@@ -400,14 +406,28 @@ class ExcessSearch : public LayerState {
           continue;
         }
         ApplyStep(c);
+        KeepIfBest();
         applied = true;
       }
       if (!applied) return;
     }
   }
+  // The most balanced placement Improve passed through (ties: fewer changes), its balancedness and
+  // the slots it changes.
+  const std::vector<int>& best_slots() const { return best_slots_; }
+  double best_balancedness() const { return best_balancedness_; }
+  int best_changes() const { return best_changes_; }
 
  private:
   double Exc(double l) const { return std::max(l - cap_, 0.0); }  // branch-free
+  void KeepIfBest() {
+    const double b = Mean() / load_[order_[R_ - 1]];  // order_ ends with the most loaded rank
+    if (b > best_balancedness_ || (b == best_balancedness_ && changes() < best_changes_)) {
+      best_balancedness_ = b;
+      best_changes_ = changes();
+      best_slots_ = slot_;
+    }
+  }
   void Refresh(int e) {
     gain_add_[e] = GainAdd(e);
     double loss = 0;
@@ -695,8 +715,11 @@ class ExcessSearch : public LayerState {
   std::vector<int> hot_seen_;    // per expert: hot_stamp_ when last collected
   int hot_stamp_ = 0;
   std::vector<Step> steps_;
-  std::vector<int> touched_;  // per rank, the applies_ at which its load last changed
-  int applies_ = 0;           // steps applied so far
+  std::vector<int> touched_;     // per rank, the applies_ at which its load last changed
+  int applies_ = 0;              // steps applied so far
+  std::vector<int> best_slots_;  // see best_slots()
+  double best_balancedness_ = 0;
+  int best_changes_ = 0;
   std::vector<int> changed_;  // ApplyStep's ranks
   std::vector<int> back_;     // back_stamp_ on the ranks holding a source's original experts
   int back_stamp_ = 0;
@@ -973,12 +996,12 @@ class Swift final : public Balancer {
           search.Reset(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
                        /*track_changes=*/true);
           search.Improve(target, static_cast<int>(budget), options_.min_gain_per_change, max_steps);
-          const double got = search.Balancedness();
-          if (search.changes() > 0 &&
-              (got > best || (got == best && search.changes() < best_changes))) {
+          const double got = search.best_balancedness();
+          if (search.best_changes() > 0 &&
+              (got > best || (got == best && search.best_changes() < best_changes))) {
             best = got;
-            best_changes = search.changes();
-            std::copy(search.slots().begin(), search.slots().end(),
+            best_changes = search.best_changes();
+            std::copy(search.best_slots().begin(), search.best_slots().end(),
                       ids.begin() + static_cast<size_t>(l) * slots);
           }
           target -= kRetryStep;
