@@ -364,7 +364,8 @@ class ExcessSearch : public LayerState {
   // Runs rounds until the excess is gone, no step removes at least min_gain x mean per slot
   // changed, or the change budget (-1: none) is spent.
   void Improve(double target, int budget, double min_gain, int max_rounds) {
-    best_balancedness_ = Balancedness();
+    best_mean_ = Mean();
+    best_peak_ = load_[order_[R_ - 1]];  // order_ ends with the most loaded rank
     best_changes_ = 0;
     best_slots_ = slot_;
     if (total_ <= 0) return;
@@ -415,15 +416,17 @@ class ExcessSearch : public LayerState {
   // The most balanced placement Improve passed through (ties: fewer changes), its balancedness and
   // the slots it changes.
   const std::vector<int>& best_slots() const { return best_slots_; }
-  double best_balancedness() const { return best_balancedness_; }
+  double best_balancedness() const { return best_peak_ > 0 ? best_mean_ / best_peak_ : 1.0; }
   int best_changes() const { return best_changes_; }
 
  private:
   double Exc(double l) const { return std::max(l - cap_, 0.0); }  // branch-free
+  // Compares peaks, not balancedness: the mean is the same in every state of the layer, but its
+  // running sum is not exact, and equal peaks must tie.
   void KeepIfBest() {
-    const double b = Mean() / load_[order_[R_ - 1]];  // order_ ends with the most loaded rank
-    if (b > best_balancedness_ || (b == best_balancedness_ && changes() < best_changes_)) {
-      best_balancedness_ = b;
+    const double peak = load_[order_[R_ - 1]];
+    if (peak < best_peak_ || (peak == best_peak_ && changes() < best_changes_)) {
+      best_peak_ = peak;
       best_changes_ = changes();
       best_slots_ = slot_;
     }
@@ -718,7 +721,8 @@ class ExcessSearch : public LayerState {
   std::vector<int> touched_;     // per rank, the applies_ at which its load last changed
   int applies_ = 0;              // steps applied so far
   std::vector<int> best_slots_;  // see best_slots()
-  double best_balancedness_ = 0;
+  double best_mean_ = 0;         // the layer's mean rank load
+  double best_peak_ = 0;         // the largest rank load of best_slots_
   int best_changes_ = 0;
   std::vector<int> changed_;  // ApplyStep's ranks
   std::vector<int> back_;     // back_stamp_ on the ranks holding a source's original experts
