@@ -128,10 +128,6 @@ class LayerState {
     for (int i = 0; i < R_; ++i) order_[i] = KeyId(keys_[i]);
   }
 
-  double Balancedness() const {
-    const double max = *std::max_element(load_.begin(), load_.end());
-    return max > 0 ? Mean() / max : 1.0;
-  }
   double Mean() const { return total_ / R_; }
   int changes() const { return changes_; }
   const std::vector<int>& slots() const { return slot_; }
@@ -157,10 +153,12 @@ class LayerState {
   bool Lighter(int a, int b) const {
     return load_[a] < load_[b] || (load_[a] == load_[b] && a < b);
   }
+  // The largest rank load.
+  double Peak() const { return load_[order_[R_ - 1]]; }
   // The most loaded rank (ties: the lowest).
   int Heaviest() const {
     int i = R_ - 1;
-    while (i > 0 && load_[order_[i - 1]] == load_[order_[R_ - 1]]) --i;
+    while (i > 0 && load_[order_[i - 1]] == Peak()) --i;
     return order_[i];
   }
 
@@ -362,15 +360,14 @@ class PeakSearch : public LayerState {
 class ExcessSearch : public LayerState {
  public:
   // Runs rounds until the excess is gone, no step removes at least min_gain x mean per slot
-  // changed, or the change budget (-1: none) is spent.
+  // changed, or the change budget (-1: none) is spent, keeping the best placement it passes.
   void Improve(double target, int budget, double min_gain, int max_rounds) {
-    best_mean_ = Mean();
-    best_peak_ = load_[order_[R_ - 1]];  // order_ ends with the most loaded rank
+    mean_ = Mean();
+    best_peak_ = Peak();
     best_changes_ = 0;
     best_slots_ = slot_;
     if (total_ <= 0) return;
-    const double mean = Mean();
-    cap_ = mean / target;
+    cap_ = mean_ / target;
     touched_.assign(R_, 0);
     back_.assign(R_, 0);
     reserved_.assign(R_, 0);
@@ -389,7 +386,7 @@ class ExcessSearch : public LayerState {
       if (steps_.empty()) return;
       // Steps far below the round's best wait for the next round, where the best step of each
       // rank is chosen again after this round's changes.
-      const double floor = std::max(min_gain * mean, kRoundFraction * steps_[0].value);
+      const double floor = std::max(min_gain * mean_, kRoundFraction * steps_[0].value);
       bool applied = false;
       for (size_t i = 0; i < steps_.size() && steps_[i].value >= floor; ++i) {
         const Step c = steps_[i];
@@ -416,7 +413,7 @@ class ExcessSearch : public LayerState {
   // The most balanced placement Improve passed through (ties: fewer changes), its balancedness and
   // the slots it changes.
   const std::vector<int>& best_slots() const { return best_slots_; }
-  double best_balancedness() const { return best_peak_ > 0 ? best_mean_ / best_peak_ : 1.0; }
+  double best_balancedness() const { return best_peak_ > 0 ? mean_ / best_peak_ : 1.0; }
   int best_changes() const { return best_changes_; }
 
  private:
@@ -424,9 +421,8 @@ class ExcessSearch : public LayerState {
   // Compares peaks, not balancedness: the mean is the same in every state of the layer, but its
   // running sum is not exact, and equal peaks must tie.
   void KeepIfBest() {
-    const double peak = load_[order_[R_ - 1]];
-    if (peak < best_peak_ || (peak == best_peak_ && changes() < best_changes_)) {
-      best_peak_ = peak;
+    if (Peak() < best_peak_ || (Peak() == best_peak_ && changes() < best_changes_)) {
+      best_peak_ = Peak();
       best_changes_ = changes();
       best_slots_ = slot_;
     }
@@ -721,7 +717,7 @@ class ExcessSearch : public LayerState {
   std::vector<int> touched_;     // per rank, the applies_ at which its load last changed
   int applies_ = 0;              // steps applied so far
   std::vector<int> best_slots_;  // see best_slots()
-  double best_mean_ = 0;         // the layer's mean rank load
+  double mean_ = 0;              // the layer's mean rank load when Improve started
   double best_peak_ = 0;         // the largest rank load of best_slots_
   int best_changes_ = 0;
   std::vector<int> changed_;  // ApplyStep's ranks
