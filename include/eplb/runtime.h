@@ -165,8 +165,9 @@ class Controller {
   Status Start();
 
   // Hot path: tokens per local slot of one layer in this step (the engine's expert_token_num after
-  // dispatch). O(slots), no allocation, no lock. A wrong layer or length, or a negative count, is
-  // reported by the next Step() and the call's counts are left out.
+  // dispatch). O(slots), no allocation, no lock. A wrong layer or length, a negative count, or a
+  // count that would take the window's count of its slot past the int64 range is reported by the
+  // next Step() and the call's counts are left out.
   void RecordLoad(int layer, std::span<const int64_t> tokens_per_local_slot);
   void RecordLoad(int layer, std::span<const int32_t> tokens_per_local_slot);
   // The step boundary, once per forward step on every rank: advances the cycle (starts or

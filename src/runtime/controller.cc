@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -227,6 +228,24 @@ struct Controller::Impl {
   // kRecordSample calls, so the clock does not cost more than the loop it measures.
   static constexpr uint32_t kRecordSample = 64;
 
+  // Why RecordLoad rejected a layer's counts: a negative count, or one that would take the
+  // window's count of its slot (`window`, before the call) past the int64 range.
+  template <typename T>
+  Status BadCounts(int layer, std::span<const T> tokens, const int64_t* window) const {
+    for (int s = 0; s < S; ++s) {
+      if (tokens[s] < 0) {
+        return Status::Invalid(
+            fmt::format("RecordLoad: layer {}, local slot {}: {} tokens; counts must be >= 0",
+                        layer, s, int64_t{tokens[s]}));
+      }
+    }
+    int s = 0;
+    while (s < S - 1 && tokens[s] <= std::numeric_limits<int64_t>::max() - window[s]) ++s;
+    return Status::Invalid(fmt::format(
+        "RecordLoad: layer {}, local slot {}: {} tokens overflow the window's count of {}", layer,
+        s, int64_t{tokens[s]}, window[s]));
+  }
+
   template <typename T>
   void Record(int layer, std::span<const T> tokens) {
     const bool timed = record_calls++ % kRecordSample == 0;
@@ -240,20 +259,21 @@ struct Controller::Impl {
       return;
     }
     int64_t* w = &window[static_cast<size_t>(layer) * S];
-    T signs = 0;  // the OR of the counts is negative iff one of them is
+    // Added as unsigned (wraps, C++20 converts back modulo 2^64): a count and a window count are
+    // both >= 0, so a sum past the int64 range reads negative. One OR finds a negative count or
+    // sum, and the loop stays branch-free.
+    int64_t signs = 0;
     for (int s = 0; s < S; ++s) {
-      w[s] += tokens[s];
-      signs |= tokens[s];
+      const int64_t t = tokens[s];
+      w[s] = static_cast<int64_t>(static_cast<uint64_t>(w[s]) + static_cast<uint64_t>(t));
+      signs |= t | w[s];
     }
-    if (signs < 0) {  // rare: undone after the fact, so the loop above stays branch-free
-      for (int s = 0; s < S; ++s) w[s] -= tokens[s];
-      if (input_error.ok()) {
-        const int s = static_cast<int>(
-            std::find_if(tokens.begin(), tokens.end(), [](T v) { return v < 0; }) - tokens.begin());
-        input_error = Status::Invalid(
-            fmt::format("RecordLoad: layer {}, local slot {}: {} tokens; counts must be >= 0",
-                        layer, s, static_cast<int64_t>(tokens[s])));
+    if (signs < 0) {  // rare: undone after the fact
+      for (int s = 0; s < S; ++s) {
+        w[s] = static_cast<int64_t>(static_cast<uint64_t>(w[s]) -
+                                    static_cast<uint64_t>(int64_t{tokens[s]}));
       }
+      if (input_error.ok()) input_error = BadCounts(layer, tokens, w);
     }
     if (timed) AddHookTime(t0, kRecordSample);
   }

@@ -14,6 +14,7 @@
 #include <deque>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -598,6 +599,17 @@ TEST(ControllerTest, BadConfigurationRegistrationAndLoadsAreRejected) {
   k.RecordLoad(1, negative);
   s = k.Step();
   EXPECT_EQ(s.message(), "RecordLoad: layer 1, local slot 2: -7 tokens; counts must be >= 0");
+  EXPECT_TRUE(k.Step().ok());
+  // Counts that would take a window count past the int64 range are refused and undone: the
+  // second call is refused whole, and slot 1 keeps the count of the first.
+  const int64_t near_max = std::numeric_limits<int64_t>::max() - 10;
+  k.RecordLoad(0, std::vector<int64_t>{0, near_max, 0, 0});
+  k.RecordLoad(0, std::vector<int64_t>{1, 11, 0, 0});
+  s = k.Step();
+  EXPECT_EQ(s.message(),
+            "RecordLoad: layer 0, local slot 1: 11 tokens overflow the window's count of "
+            "9223372036854775797");
+  k.RecordLoad(0, std::vector<int64_t>{0, 10, 0, 0});  // exactly the largest int64: fits
   EXPECT_TRUE(k.Step().ok());
   EXPECT_EQ(k.Routing(2), nullptr);
   EXPECT_EQ(k.Routing(1)->epoch, 0u);
