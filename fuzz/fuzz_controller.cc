@@ -1,4 +1,4 @@
-// Fuzz target: the forward threads' calls into the Controllers of two in-process ranks, with
+// Fuzz target: the forward threads' calls into the Controllers of 2 or 3 in-process ranks, with
 // cycles that gather, plan, move and commit: RecordLoad with any layer, length and counts (zero,
 // negative, up to and past the int64 range of a window count) in both count types, and Step. Every
 // Step must return OK or a RecordLoad error; after every Step each layer's routing snapshot must
@@ -106,7 +106,7 @@ void CheckRouting(const eplb::Controller& ctl, int rank, int layers, int experts
   }
 }
 
-// One rank's forward thread: both ranks read the same calls; rank r's counts are rotated by r
+// One rank's forward thread: every rank reads the same calls; rank r's counts are rotated by r
 // slots, so the ranks see different loads.
 void Drive(eplb::Controller& ctl, int rank, Reader in, int layers, int experts,
            const Memory& memory) {
@@ -144,35 +144,40 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return true;
   }();
   (void)quiet;
-  constexpr int kRanks = 2;
   Reader in(data, size);
   const int layers = 1 + in.Byte() % 3;
   const int experts = 2 + in.Byte() % 7;
   const uint8_t mode = in.Byte();
+  const uint8_t more = in.Byte();
+  const int ranks = 2 + (more >> 2) % 2;
   eplb::RuntimeConfig c;
   c.dynamic_eplb = (mode & 1) != 0;
   c.algorithm = (mode & 2) != 0 ? "deepseek" : "swift";
-  // Redundant slots: 0 to 3, at most one replica of an expert per rank, slots divide by ranks.
-  int redundant = std::min((mode >> 2) % 4, experts);
-  if ((experts + redundant) % kRanks != 0) redundant += redundant > 0 ? -1 : 1;
+  // 0 to 3 redundant slots, raised until the slots divide by the ranks, lowered while a rank
+  // would need two replicas of an expert.
+  int redundant = (mode >> 2) % 4;
+  redundant += (ranks - (experts + redundant) % ranks) % ranks;
+  while ((experts + redundant) / ranks > experts) redundant -= ranks;
   c.num_redundant_experts = redundant;
   c.expert_heat_collection_interval = 1 + (mode >> 4) % 4;
   c.algorithm_execution_interval = 1 + (mode >> 6);
-  c.max_layers_in_flight = 1 + in.Byte() % 3;
+  c.max_layers_in_flight = 1 + more % 3;
+  c.balancer_threads = 1 + (more >> 3) % 2;
+  c.imbalance_threshold = (more & 0x10) != 0 ? 0.9 : 0.99;
   c.transfer_timeout_ms = 5000;
-  auto world = eplb::MakeInProcessWorld(kRanks);
+  auto world = eplb::MakeInProcessWorld(ranks);
   // Slot memory must outlive the controllers (their workers may be moving weights at the end).
   Memory memory;
   std::vector<std::unique_ptr<eplb::Controller>> ctls;
-  for (int r = 0; r < kRanks; ++r) {
+  for (int r = 0; r < ranks; ++r) {
     auto created =
         eplb::Controller::Create(c, {.layers = layers, .experts = experts}, world[r].get());
     if (!created.ok()) Fail(created.status().ToString());
     ctls.push_back(std::move(*created));
   }
   const int S = ctls[0]->slots_per_rank();
-  memory.assign(static_cast<size_t>(kRanks) * layers * S, std::vector<std::byte>(8));
-  for (int r = 0; r < kRanks; ++r) {
+  memory.assign(static_cast<size_t>(ranks) * layers * S, std::vector<std::byte>(8));
+  for (int r = 0; r < ranks; ++r) {
     for (int l = 0; l < layers; ++l) {
       for (int s = 0; s < S; ++s) {
         auto& bytes = memory[Index(r, l, s, layers, S)];
@@ -185,8 +190,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if (const eplb::Status st = ctls[r]->Start(); !st.ok()) Fail(st.ToString());
   }
-  std::thread other(Drive, std::ref(*ctls[1]), 1, in, layers, experts, std::cref(memory));
+  std::vector<std::thread> others;
+  for (int r = 1; r < ranks; ++r) {
+    others.emplace_back(Drive, std::ref(*ctls[r]), r, in, layers, experts, std::cref(memory));
+  }
   Drive(*ctls[0], 0, in, layers, experts, memory);
-  other.join();
+  for (std::thread& t : others) t.join();
   return 0;
 }
