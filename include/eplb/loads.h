@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "eplb/placement.h"
+#include "eplb/status.h"
 
 namespace eplb {
 
@@ -20,9 +21,14 @@ struct GeneratorOptions {
   int shift = 0;      // a shift redraws the popularity of 10% of the experts
 };
 
+// OK, or the first option out of its range, named: layers >= 1, experts >= 1, top_k in
+// [1, experts] (a token goes to top_k distinct experts), tokens >= 1, top_k * tokens <= 2^53 (so
+// every count and row sum is an exact double), skew a number in [0, 4].
+Status ValidateGeneratorOptions(const GeneratorOptions& options);
+
 // Integer token counts, identical on every platform for the same options (the generator uses
-// std::mt19937_64 and its own distributions). Each row sums to top_k * tokens exactly. With
-// layers or experts < 1 the matrix is empty (0 x 0); with top_k * tokens < 1 it is all zero.
+// std::mt19937_64 and its own distributions). Each row sums to top_k * tokens exactly. Options
+// that ValidateGeneratorOptions refuses give an empty (0 x 0) matrix.
 LoadMatrix GenerateLoad(const GeneratorOptions& options);
 
 }  // namespace eplb

@@ -28,6 +28,10 @@ Action AddDemo(CLI::App& app);
 // Prints "eplb <command>: <message>" on stderr and returns 1.
 int Fail(const std::string& command, const Status& status);
 
+// Checks an option's text is a decimal integer in the uint64 range before CLI11 converts it
+// (CLI11 2.1 reads -1 and values past 2^64 - 1 as 2^64 - 1).
+CLI::Validator Uint64Text();
+
 // Where a load comes from: a statistics file, or the embedded generator.
 struct LoadArgs {
   std::string path;

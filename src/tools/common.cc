@@ -1,6 +1,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -20,6 +22,20 @@ int Fail(const std::string& command, const Status& status) {
   return 1;
 }
 
+CLI::Validator Uint64Text() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        uint64_t value = 0;
+        const char* end = text.data() + text.size();
+        const auto [stop, error] = std::from_chars(text.data(), end, value);
+        if (error != std::errc() || stop != end) {
+          return "expected an integer in [0, 2^64 - 1], got " + text;
+        }
+        return "";
+      },
+      "UINT64");
+}
+
 void AddLoadOptions(CLI::App& app, LoadArgs& a) {
   CLI::Option* load = app.add_option(
       "--load", a.path, "load statistics: SGLang JSON (logical_count or counts) or CSV");
@@ -27,7 +43,9 @@ void AddLoadOptions(CLI::App& app, LoadArgs& a) {
                                        "use the embedded workload generator instead of --load");
   load->excludes(generate);
   std::vector<CLI::Option*> gen = {
-      app.add_option("--seed", a.gen.seed, "generator: seed")->capture_default_str(),
+      app.add_option("--seed", a.gen.seed, "generator: seed")
+          ->capture_default_str()
+          ->check(Uint64Text()),
       app.add_option("--layers", a.gen.layers, "generator: MoE layers")
           ->capture_default_str()
           ->check(CLI::Range(1, 100000)),
@@ -56,6 +74,7 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
   }
   LoadInput in;
   if (a.generate) {
+    EPLB_RETURN_IF_ERROR(ValidateGeneratorOptions(a.gen));
     if (static_cast<double>(a.gen.layers) * a.gen.experts > 1e8) {
       return Status::Invalid(fmt::format("--layers x --experts = {} x {} is larger than 1e8",
                                          a.gen.layers, a.gen.experts));

@@ -380,7 +380,7 @@ Action AddDemo(CLI::App& app) {
   app.add_option("--ffn", a->engine.ffn, "expert FFN size")->capture_default_str();
   app.add_option("--tokens", a->engine.tokens, "tokens per rank per step")->capture_default_str();
   app.add_option("--skew", a->engine.skew, "router bias skew")->capture_default_str();
-  app.add_option("--seed", a->engine.seed, "seed")->capture_default_str();
+  app.add_option("--seed", a->engine.seed, "seed")->capture_default_str()->check(Uint64Text());
   app.add_option("--steps", a->steps, "forward steps")
       ->capture_default_str()
       ->check(CLI::Range(1, 10000000));

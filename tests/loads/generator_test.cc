@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <set>
 #include <vector>
@@ -38,11 +39,75 @@ TEST(GeneratorTest, GoldenValues) {
   GeneratorOptions o;
   o.layers = 2;
   o.experts = 8;
+  o.top_k = 2;
   o.tokens = 1000;
   o.seed = 7;
-  const std::vector<double> expected = {1226, 2255, 639, 173,  1598, 594,  355,  1160,
-                                        609,  477,  586, 1017, 898,  2013, 1004, 1396};
+  const std::vector<double> expected = {307, 564, 160, 43,  399, 148, 89,  290,
+                                        152, 119, 147, 254, 225, 503, 251, 349};
   EXPECT_EQ(GenerateLoad(o).values(), expected);
+}
+
+// A token goes to top_k distinct experts, so no expert receives more than `tokens`: a share above
+// that is capped and handed on to the others by weight, and rows still sum to top_k * tokens.
+TEST(GeneratorTest, NoExpertReceivesMoreThanEveryToken) {
+  GeneratorOptions o;
+  o.layers = 3;
+  o.experts = 8;
+  o.top_k = 8;  // every token to every expert
+  o.tokens = 1000;
+  const LoadMatrix all = GenerateLoad(o);
+  ASSERT_EQ(all.values().size(), 24u);
+  for (double v : all.values()) EXPECT_EQ(v, 1000);
+  for (double skew : {1.5, 4.0}) {
+    o.experts = 64;
+    o.top_k = 6;
+    o.skew = skew;
+    o.layers = 20;
+    const LoadMatrix m = GenerateLoad(o);
+    double largest = 0;
+    for (int l = 0; l < m.layers(); ++l) {
+      double sum = 0;
+      for (double v : m.row(l)) {
+        EXPECT_LE(v, 1000) << "skew " << skew << " layer " << l;
+        EXPECT_GE(v, 0);
+        largest = std::max(largest, v);
+        sum += v;
+      }
+      EXPECT_EQ(sum, 6000) << "skew " << skew << " layer " << l;
+    }
+    EXPECT_EQ(largest, 1000) << "skew " << skew;  // the cap binds at these skews
+  }
+}
+
+TEST(GeneratorTest, OptionsOutOfRangeAreNamedAndGiveAnEmptyMatrix) {
+  auto error = [](auto change) {
+    GeneratorOptions o;
+    change(o);
+    EXPECT_EQ(GenerateLoad(o).layers(), 0);
+    EXPECT_EQ(GenerateLoad(o).experts(), 0);
+    return ValidateGeneratorOptions(o).message();
+  };
+  EXPECT_TRUE(ValidateGeneratorOptions(GeneratorOptions{}).ok());
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.layers = 0; }),
+            "generator options: layers: expected an integer >= 1, got 0");
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.experts = -2; }),
+            "generator options: experts: expected an integer >= 1, got -2");
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.top_k = 0; }),
+            "generator options: top_k: expected an integer in [1, experts = 256], got 0");
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.top_k = 257; }),
+            "generator options: top_k: expected an integer in [1, experts = 256], got 257");
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.tokens = 0; }),
+            "generator options: tokens: expected an integer in [1, 2^53 / top_k = "
+            "1125899906842624], got 0");
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.tokens = int64_t{1} << 62; }),
+            "generator options: tokens: expected an integer in [1, 2^53 / top_k = "
+            "1125899906842624], got 4611686018427387904");
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.skew = std::nan(""); }),
+            "generator options: skew: expected a number in [0, 4], got nan");
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.skew = -0.5; }),
+            "generator options: skew: expected a number in [0, 4], got -0.5");
+  EXPECT_EQ(error([](GeneratorOptions& o) { o.skew = 4.5; }),
+            "generator options: skew: expected a number in [0, 4], got 4.5");
 }
 
 TEST(GeneratorTest, DefaultSkewResemblesDeepSeekV3) {

@@ -246,6 +246,19 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError("plan --load " + load + " --generate" + shape, "--generate", out);
   ExpectError("plan" + shape, "eplb plan: give exactly one of --load FILE or --generate", out);
   ExpectError("plan --generate --experts 8 --bogus" + shape, "eplb plan: ", out);
+  // Generator values that CLI11's own checks let through: a seed past the uint64 range (CLI11
+  // would read it as 2^64 - 1), a negative seed, top-k above the experts, a NaN skew.
+  for (const char* seed : {"18446744073709551616", "-1", "+5"}) {
+    ExpectError(std::string("plan --generate --experts 8 --seed ") + seed + shape,
+                std::string("eplb plan: --seed: expected an integer in [0, 2^64 - 1], got ") + seed,
+                out);
+  }
+  ExpectError("plan --generate --experts 8 --top-k 9" + shape,
+              "eplb plan: generator options: top_k: expected an integer in [1, experts = 8], got 9",
+              out);
+  ExpectError("stats --generate --experts 8 --skew nan --ranks 4 --slots-per-rank 3",
+              "eplb stats: generator options: skew: expected a number in [0, 4], got nan", out);
+  ExpectError("demo --seed -3 --steps 2", "eplb demo: --seed: expected an integer", out);
   ExpectError("plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --format sglang",
               "--format requires --out", out);
   ExpectError("plan --generate --experts 8 --algorithm deepseek --max-changes-per-layer 2" + shape,
