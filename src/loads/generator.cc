@@ -46,8 +46,7 @@ Status ValidateGeneratorOptions(const GeneratorOptions& o) {
                std::to_string(o.top_k));
   }
   if (o.tokens < 1 || o.tokens > kMaxTotal / o.top_k) {
-    return bad("tokens",
-               fmt::format("an integer in [1, 2^53 / top_k = {}]", kMaxTotal / o.top_k),
+    return bad("tokens", fmt::format("an integer in [1, 2^53 / top_k = {}]", kMaxTotal / o.top_k),
                std::to_string(o.tokens));
   }
   if (!(o.skew >= 0 && o.skew <= kMaxSkew)) {
@@ -101,9 +100,9 @@ LoadMatrix GenerateLoad(const GeneratorOptions& o) {
     // Largest-remainder rounding keeps the row sum exactly top_k * tokens.
     int64_t assigned = 0;
     for (int e = 0; e < o.experts; ++e) {
-      const double exact = capped[e] ? static_cast<double>(o.tokens)
-                                     : std::min(left * weight[e] / left_weight,
-                                                static_cast<double>(o.tokens));
+      const double exact =
+          capped[e] ? static_cast<double>(o.tokens)
+                    : std::min(left * weight[e] / left_weight, static_cast<double>(o.tokens));
       count[e] = static_cast<int64_t>(std::floor(exact));
       assigned += count[e];
       remainder[e] = {exact - std::floor(exact), e};
