@@ -9,6 +9,7 @@
 // can: the sum over layers of the slowest rank's expert compute time (thread CPU clock), the step
 // time the model would have if every rank had its own device.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -169,6 +170,28 @@ RankOutcome RunRank(const DemoArgs& a, const RuntimeConfig& cfg, Communicator* e
   return out;
 }
 
+// The experts' weights this process would hold (every rank's slots in-process, its own under MPI,
+// plus every expert once more for the dense reference) must fit in half of the machine's memory:
+// a larger model fails here with the sizes, not by running out of memory on the way.
+Status CheckMemory(const DemoArgs& a, int slots_per_rank) {
+  const double expert = 3.0 * a.engine.hidden * a.engine.ffn * sizeof(float);
+  const double slots = static_cast<double>(slots_per_rank) * (a.comm == "inproc" ? a.ranks : 1) +
+                       (a.verify ? a.engine.experts : 0);
+  const double need = a.engine.layers * slots * expert;
+  const double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+  if (memory > 0 && need > memory / 2) {
+    constexpr double kGiB = 1024.0 * 1024 * 1024;
+    return Status::Invalid(fmt::format(
+        "the experts' weights would take {:.1f} GiB in this process ({} layers x {:.0f} experts of "
+        "{:.2f} MiB: {}{}), more than half of this machine's {:.1f} GiB of memory; lower "
+        "--experts, --layers, --hidden or --ffn",
+        need / kGiB, a.engine.layers, slots, expert / (1024.0 * 1024),
+        a.comm == "inproc" ? "every rank's slots" : "this rank's slots",
+        a.verify ? " and the dense reference" : "", memory / kGiB));
+  }
+  return Status::Ok();
+}
+
 int RunDemo(const DemoArgs& a) {
   const std::string cmd = "demo";
   if (a.mode != "off" && a.mode != "sync" && a.mode != "async") {
@@ -200,9 +223,10 @@ int RunDemo(const DemoArgs& a) {
   auto cfg = ParseRuntimeConfig(base.dump(), "demo configuration");
   if (!cfg.ok()) return Fail(cmd, cfg.status());
   if (a.mode == "off") cfg->dynamic_eplb = false;
-  if (auto s = ResolveSlotsPerRank(*cfg, a.engine.experts, a.ranks); !s.ok()) {
-    return Fail(cmd, s.status());
-  }
+  auto slots_per_rank = ResolveSlotsPerRank(*cfg, a.engine.experts, a.ranks);
+  if (!slots_per_rank.ok()) return Fail(cmd, slots_per_rank.status());
+  if (Status s = ValidateEngineOptions(a.engine); !s.ok()) return Fail(cmd, s);
+  if (Status s = CheckMemory(a, *slots_per_rank); !s.ok()) return Fail(cmd, s);
   std::optional<DenseReference> reference;
   if (a.verify) {
     auto ref = DenseReference::Create(a.engine);

@@ -259,6 +259,13 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError("stats --generate --experts 8 --skew nan --ranks 4 --slots-per-rank 3",
               "eplb stats: generator options: skew: expected a number in [0, 4], got nan", out);
   ExpectError("demo --seed -3 --steps 2", "eplb demo: --seed: expected an integer", out);
+  // 12 MiB x 2^20 per expert: more than any machine has, refused before anything is allocated.
+  ExpectError(
+      "demo --hidden 1048576 --ffn 1048576 --steps 2",
+      "eplb demo: the experts' weights would take 3342336.0 GiB in this process (4 layers x "
+      "68 experts of 12582912.00 MiB: every rank's slots and the dense reference), more "
+      "than half of this machine's",
+      out);
   ExpectError("plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --format sglang",
               "--format requires --out", out);
   ExpectError("plan --generate --experts 8 --algorithm deepseek --max-changes-per-layer 2" + shape,
