@@ -944,6 +944,12 @@ class Swift final : public Balancer {
   StatusOr<BalanceResult> Balance(const BalanceInput& input) const override {
     EPLB_RETURN_IF_ERROR(ValidateBalanceInput(input));
     const Shape& shape = input.shape;
+    if (static_cast<int64_t>(shape.ranks) * shape.experts > kMaxRankExperts) {
+      return Status::Invalid(fmt::format(
+          "swift: ranks x experts = {} x {} is more than 2^27: its working state takes 5 bytes "
+          "per rank and expert (deepseek has no such limit)",
+          shape.ranks, shape.experts));
+    }
     const LoadMatrix& load = *input.load;
     const int slots = shape.slots();
     const int max_steps = 8 * slots;
@@ -1049,6 +1055,9 @@ class Swift final : public Balancer {
   static constexpr double kScratchTarget = 0.997;
   static constexpr double kScratchMinGain = 1e-4;
   static constexpr double kRetryStep = 0.015;
+  // LayerState keeps, per rank and expert, whether the rank holds it and the expert's holders:
+  // 5 bytes each, so 2^27 (128 Mi) of them is 640 MiB per thread.
+  static constexpr int64_t kMaxRankExperts = int64_t{1} << 27;
   AlgorithmOptions options_;
 };
 

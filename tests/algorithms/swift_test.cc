@@ -195,6 +195,14 @@ TEST(SwiftTest, RejectsBadInputAndOptions) {
   EXPECT_NE(r.status().message().find("load is 3 layers x 8 experts, shape expects 2 x 8"),
             std::string::npos)
       << r.status().message();
+  // A shape past swift's working-state limit is refused before anything is allocated (before:
+  // std::bad_alloc, or gigabytes taken).
+  const Shape wide{.layers = 1, .experts = 131072, .ranks = 8192, .slots_per_rank = 16};
+  r = RunSwift(LoadMatrix(1, 131072), wide);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            "swift: ranks x experts = 8192 x 131072 is more than 2^27: its working state takes 5 "
+            "bytes per rank and expert (deepseek has no such limit)");
   // Loads whose sum overflows (before: the retry loop never ended on NaN balancedness).
   LoadMatrix huge(2, 8);
   for (int e = 0; e < 8; ++e) huge.at(1, e) = 1e308;
