@@ -95,11 +95,22 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
 
 Status WriteOutputs(const std::vector<std::pair<std::string, std::string>>& files) {
   namespace fs = std::filesystem;
+  // The same file under two spellings ("r.json", "./r.json", "d/../r.json", a symlink) is caught
+  // before it exists by resolving the paths, and as a hard link once it does.
+  auto resolved = [](const std::string& path) {
+    std::error_code ec;
+    fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+    return ec ? fs::path(path).lexically_normal() : p;
+  };
   for (size_t i = 0; i < files.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
       std::error_code ec;
-      if (files[i].first == files[j].first || fs::equivalent(files[i].first, files[j].first, ec)) {
-        return Status::Invalid(fmt::format("{}: named for two outputs", files[i].first));
+      if (files[i].first == files[j].first ||
+          resolved(files[i].first) == resolved(files[j].first) ||
+          fs::equivalent(files[i].first, files[j].first, ec)) {
+        return Status::Invalid(fmt::format(
+            "{}: named for two outputs{}", files[i].first,
+            files[i].first == files[j].first ? "" : " (also as " + files[j].first + ")"));
       }
     }
   }

@@ -276,6 +276,11 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError(
       "plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --out " + out + " --report " + out,
       "named for two outputs", out);
+  // The same new file under another spelling (before: both written, the report over the map).
+  const std::string same = (fs::path(out).parent_path() / "." / fs::path(out).filename()).string();
+  ExpectError(
+      "plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --out " + same + " --report " + out,
+      out + ": named for two outputs (also as " + same + ")", out);
   ExpectError("check-config {} --experts 8", "eplb check-config: --experts requires --ranks",
               Path("none"));
   ExpectError("", "eplb: ", Path("none"));
