@@ -52,6 +52,10 @@ struct LoadInput {
 // Reads the file or runs the generator; exactly one of the two must be asked for.
 StatusOr<LoadInput> ReadLoad(const LoadArgs& args);
 
+// OK unless two of the paths name one file, under any spelling ("r.json", "./r.json", a
+// symlinked folder, a hard link): "<path>: named for two outputs (also as <other>)".
+Status CheckDistinctOutputs(const std::vector<std::string>& paths);
+
 // Writes each (path, contents) atomically, in order. When one write fails, the files already
 // written by this call are put back as they were (removed, or rewritten with their old contents),
 // so a failed command leaves no partial output. Two entries may not name the same path.

@@ -93,7 +93,7 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
   return in;
 }
 
-Status WriteOutputs(const std::vector<std::pair<std::string, std::string>>& files) {
+Status CheckDistinctOutputs(const std::vector<std::string>& paths) {
   namespace fs = std::filesystem;
   // The same file under two spellings ("r.json", "./r.json", "d/../r.json", a symlink) is caught
   // before it exists by resolving the paths, and as a hard link once it does.
@@ -102,18 +102,25 @@ Status WriteOutputs(const std::vector<std::pair<std::string, std::string>>& file
     fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
     return ec ? fs::path(path).lexically_normal() : p;
   };
-  for (size_t i = 0; i < files.size(); ++i) {
+  for (size_t i = 0; i < paths.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
       std::error_code ec;
-      if (files[i].first == files[j].first ||
-          resolved(files[i].first) == resolved(files[j].first) ||
-          fs::equivalent(files[i].first, files[j].first, ec)) {
-        return Status::Invalid(fmt::format(
-            "{}: named for two outputs{}", files[i].first,
-            files[i].first == files[j].first ? "" : " (also as " + files[j].first + ")"));
+      if (paths[i] == paths[j] || resolved(paths[i]) == resolved(paths[j]) ||
+          fs::equivalent(paths[i], paths[j], ec)) {
+        return Status::Invalid(
+            fmt::format("{}: named for two outputs{}", paths[i],
+                        paths[i] == paths[j] ? "" : " (also as " + paths[j] + ")"));
       }
     }
   }
+  return Status::Ok();
+}
+
+Status WriteOutputs(const std::vector<std::pair<std::string, std::string>>& files) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> paths;
+  for (const auto& f : files) paths.push_back(f.first);
+  EPLB_RETURN_IF_ERROR(CheckDistinctOutputs(paths));
   // What each file held before this call: nullopt when it did not exist.
   std::vector<std::optional<std::string>> old;
   for (size_t i = 0; i < files.size(); ++i) {

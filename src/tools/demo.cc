@@ -223,6 +223,9 @@ int RunDemo(const DemoArgs& a) {
   auto cfg = ParseRuntimeConfig(base.dump(), "demo configuration");
   if (!cfg.ok()) return Fail(cmd, cfg.status());
   if (a.mode == "off") cfg->dynamic_eplb = false;
+  if (!a.report_path.empty() && !a.csv_path.empty()) {
+    if (Status s = CheckDistinctOutputs({a.report_path, a.csv_path}); !s.ok()) return Fail(cmd, s);
+  }
   auto slots_per_rank = ResolveSlotsPerRank(*cfg, a.engine.experts, a.ranks);
   if (!slots_per_rank.ok()) return Fail(cmd, slots_per_rank.status());
   if (Status s = ValidateEngineOptions(a.engine); !s.ok()) return Fail(cmd, s);
@@ -351,13 +354,10 @@ int RunDemo(const DemoArgs& a) {
     csv += fmt::format("{},{},{:.6f},{:.4f},{:.4f},{}\n", row.step, row.epoch, row.balancedness,
                        row.step_ms, row.critical_path_ms, row.cycle_in_progress ? 1 : 0);
   }
-  if (!a.report_path.empty()) {
-    if (Status s = WriteFileAtomic(a.report_path, report.dump(2) + "\n"); !s.ok())
-      return Fail(cmd, s);
-  }
-  if (!a.csv_path.empty()) {
-    if (Status s = WriteFileAtomic(a.csv_path, csv); !s.ok()) return Fail(cmd, s);
-  }
+  std::vector<std::pair<std::string, std::string>> outputs;
+  if (!a.report_path.empty()) outputs.emplace_back(a.report_path, report.dump(2) + "\n");
+  if (!a.csv_path.empty()) outputs.emplace_back(a.csv_path, csv);
+  if (Status s = WriteOutputs(outputs); !s.ok()) return Fail(cmd, s);
   fmt::print(
       "demo        {} ranks ({}), {} layers x {} experts, top-{}, hidden {}, ffn {}, {} tokens "
       "per rank per step, {} steps, workload shift at step {}\n",

@@ -281,6 +281,9 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError(
       "plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --out " + same + " --report " + out,
       out + ": named for two outputs (also as " + same + ")", out);
+  // The demo checks before it runs (before: the CSV replaced the report after the whole run).
+  ExpectError("demo --steps 2 --report " + out + " --csv " + same,
+              "eplb demo: " + same + ": named for two outputs (also as " + out + ")", out);
   ExpectError("check-config {} --experts 8", "eplb check-config: --experts requires --ranks",
               Path("none"));
   ExpectError("", "eplb: ", Path("none"));
