@@ -157,12 +157,22 @@ std::vector<std::string_view> SplitFields(std::string_view line) {
 }
 
 // A whole field as a number (locale-independent; "nan" and "inf" included, so that they are
-// reported as non-finite). Magnitudes a double cannot hold (1e999) come back as infinity.
+// reported as non-finite). Magnitudes too large for a double (1e999) come back as infinity, too
+// small ones (1e-400) as 0, as strtod and the JSON parser read them.
 std::optional<double> ParseNumber(std::string_view s) {
   double v = 0;
   const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (s.empty() || end != s.data() + s.size()) return std::nullopt;
-  if (ec == std::errc::result_out_of_range) return std::numeric_limits<double>::infinity();
+  if (ec == std::errc::result_out_of_range) {
+    // Out of range one way or the other: too small when the exponent is negative, or when there
+    // is none and no digit before the point is above 0.
+    const size_t e = s.find_first_of("eE");
+    const bool tiny =
+        e != std::string_view::npos
+            ? s.substr(e + 1).starts_with('-')
+            : s.substr(0, s.find('.')).find_first_of("123456789") == std::string_view::npos;
+    return tiny ? 0.0 : std::numeric_limits<double>::infinity();
+  }
   if (ec != std::errc()) return std::nullopt;
   return v;
 }

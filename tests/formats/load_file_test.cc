@@ -79,6 +79,26 @@ TEST(LoadFileTest, ParsesCsvWithoutHeader) {
   EXPECT_EQ(Row(f->all, 0), (std::vector<double>{1, 2}));
 }
 
+// Numbers too small for a double read as 0 in CSV as in JSON (before: CSV took them for
+// infinity and refused them); too large ones are refused in both.
+TEST(LoadFileTest, CsvReadsUnderflowAsZeroLikeJson) {
+  const std::string tiny = "0." + std::string(400, '0') + "1";
+  for (const std::string& text :
+       std::vector<std::string>{"1e-400,2\n3,4\n", "1E-400,2\n3,4\n", tiny + ",2\n3,4\n"}) {
+    StatusOr<LoadFile> csv = ParseLoad(text, "x.csv");
+    ASSERT_TRUE(csv.ok()) << csv.status().ToString();
+    EXPECT_EQ(Row(csv->all, 0), (std::vector<double>{0, 2}));
+  }
+  StatusOr<LoadFile> json = ParseLoad(R"({"counts": [[1e-400, 2], [3, 4]]})", "x.json");
+  ASSERT_TRUE(json.ok()) << json.status().ToString();
+  EXPECT_EQ(Row(json->all, 0), (std::vector<double>{0, 2}));
+  const std::string huge = "1" + std::string(400, '0');
+  StatusOr<LoadFile> big = ParseLoad(huge + ",2\n3,4\n", "x.csv");
+  ASSERT_FALSE(big.ok());
+  EXPECT_NE(big.status().message().find("expected a non-negative finite number"),
+            std::string::npos);
+}
+
 TEST(LoadFileTest, ReadLoadFileUsesThePathAsOrigin) {
   ScratchDir dir;
   dir.Put("load.json", R"({"logical_count": [[1, 2]]})");
