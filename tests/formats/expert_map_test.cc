@@ -214,6 +214,13 @@ const BadMap kBadMaps[] = {
     {"NotJson", "{\"layer_list\": [}",
      "line 1, column 17: not valid JSON: syntax error while parsing value - unexpected '}'; "
      "expected '[', '{', or a literal"},
+    {"DuplicateKey",
+     R"({"physical_to_logical_map": [[0, 1]], "physical_to_logical_map": [[1, 0]]})",
+     "key \"physical_to_logical_map\" appears twice in one object"},
+    {"DuplicateNestedKey",
+     R"({"moe_layer_count": 1, "layer_list": [{"layer_id": 0, "layer_id": 0, "device_count": 1,
+         "device_list": [{"device_id": 0, "device_expert": [0]}]}]})",
+     "key \"layer_id\" appears twice in one object"},
     {"NumberOverflow", R"({"physical_to_logical_map": [[1e400]]})",
      "line 1, column 35: not valid JSON: number overflow parsing '1e400'"},
     {"NotAnObject", "[[0, 1]]",

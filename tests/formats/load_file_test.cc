@@ -192,6 +192,8 @@ const BadLoad kBadLoads[] = {
      "expected a JSON object with key \"logical_count\" or \"counts\", got an array"},
     {"NeitherKey", R"({"load": [[1]]})",
      "expected exactly one of the keys \"logical_count\" (SGLang) and \"counts\", found neither"},
+    {"DuplicateKey", R"({"counts": [[1, 2]], "counts": [[3, 4]]})",
+     "key \"counts\" appears twice in one object"},
     {"BothKeys", R"({"logical_count": [[1]], "counts": [[1]]})",
      "expected exactly one of the keys \"logical_count\" (SGLang) and \"counts\", found both"},
     {"MatrixNotArray", R"({"logical_count": 5})",

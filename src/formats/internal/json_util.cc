@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <limits>
+#include <set>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace eplb::formats_internal {
 namespace {
@@ -59,8 +62,30 @@ class ErrorLocator : public nlohmann::json_sax<json> {
 }  // namespace
 
 StatusOr<json> ParseJson(const std::string& text, const std::string& origin) {
-  json j = json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (!j.is_discarded()) return j;
+  // nlohmann keeps the last of two equal keys of an object; the callback spots them, so that no
+  // value is silently dropped.
+  std::vector<std::set<std::string>> keys;  // per open object
+  std::string duplicate;
+  const json::parser_callback_t spot = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      if (!keys.empty()) keys.pop_back();
+    } else if (event == json::parse_event_t::key && !keys.empty() && duplicate.empty() &&
+               !keys.back().insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
+  json j = json::parse(text, spot, /*allow_exceptions=*/false);
+  if (!j.is_discarded()) {
+    if (!duplicate.empty()) {
+      return Status::Invalid(
+          fmt::format("{}: key {} appears twice in one object", origin,
+                      json(duplicate).dump(-1, ' ', false, json::error_handler_t::replace)));
+    }
+    return j;
+  }
   ErrorLocator locator;
   (void)json::sax_parse(text, &locator);
   const size_t pos = std::min(locator.position(), text.size());
