@@ -202,8 +202,9 @@ int RunDemo(const DemoArgs& a) {
   }
   if (Status s = ValidateEngineOptions(a.engine); !s.ok()) return Fail(cmd, s);
   // The runtime configuration: the demo's defaults, then --eplb-config on top.
+  // One redundant slot per rank, none on a single rank (it holds each expert once).
   nlohmann::json base = {{"dynamic_eplb", a.mode != "off"},
-                         {"num_redundant_experts", a.ranks},
+                         {"num_redundant_experts", a.ranks > 1 ? a.ranks : 0},
                          {"expert_heat_collection_interval", 20},
                          {"algorithm_execution_interval", 3},
                          {"max_layers_in_flight", 2}};
@@ -228,7 +229,6 @@ int RunDemo(const DemoArgs& a) {
   }
   auto slots_per_rank = ResolveSlotsPerRank(*cfg, a.engine.experts, a.ranks);
   if (!slots_per_rank.ok()) return Fail(cmd, slots_per_rank.status());
-  if (Status s = ValidateEngineOptions(a.engine); !s.ok()) return Fail(cmd, s);
   if (Status s = CheckMemory(a, *slots_per_rank); !s.ok()) return Fail(cmd, s);
   std::optional<DenseReference> reference;
   if (a.verify) {

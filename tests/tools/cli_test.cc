@@ -281,6 +281,10 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError(
       "plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --out " + same + " --report " + out,
       out + ": named for two outputs (also as " + same + ")", out);
+  // One rank works: the demo's default of one redundant slot per rank gives way (before: "32
+  // experts + 1 redundant over 1 ranks give 33 slots per rank").
+  const Result one = Eplb("demo --ranks 1 --steps 3");
+  EXPECT_EQ(one.status, 0) << one.out;
   // The demo checks before it runs (before: the CSV replaced the report after the whole run).
   ExpectError("demo --steps 2 --report " + out + " --csv " + same,
               "eplb demo: " + same + ": named for two outputs (also as " + out + ")", out);
