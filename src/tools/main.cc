@@ -12,6 +12,7 @@
 
 int main(int argc, char** argv) {
   CLI::App app{"SwiftBalancer: expert-parallel load balancing for MoE inference", "eplb"};
+  app.set_version_flag("--version", std::string("eplb (SwiftBalancer) ") + EPLB_VERSION);
   app.require_subcommand(1);
   std::vector<std::pair<CLI::App*, eplb::tools::Action>> actions;  // in registration order
   auto add = [&](const char* name, const char* help, auto adder) {
@@ -35,7 +36,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
     // Usage errors follow the same rule as every other error: one line, exit status 1.
     std::string message = e.what();
     std::replace(message.begin(), message.end(), '\n', ' ');

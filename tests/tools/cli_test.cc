@@ -237,6 +237,13 @@ TEST_F(CliTest, BadInputsFailCleanly) {
   ExpectError("frobnicate", "frobnicate", Path("none"));
 }
 
+TEST_F(CliTest, VersionIsOneLine) {
+  const Result r = Eplb("--version");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(r.out.rfind("eplb (SwiftBalancer) ", 0), 0u) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+}
+
 TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   const std::string out = Path("out.json");
   const std::string shape = " --ranks 4 --slots-per-rank 3 --out " + out;
