@@ -50,22 +50,12 @@ Action AddConvert(CLI::App& app) {
   app.add_option("--to", a->to, "layout to write: vllm-ascend or sglang")->required();
   app.add_option("--out", a->out, "file to write")->required();
   app.add_option("--experts", a->experts, "logical experts (default: largest id + 1)");
-  app.add_option("--ranks", a->ranks,
-                 "ranks, for SGLang input (required to write vllm-ascend, whose device list "
-                 "needs them; otherwise one slot per rank)");
+  app.add_option("--ranks", a->ranks, "ranks, for SGLang input (default: one slot per rank)");
   return [a] {
     auto format = ParseMapFormat(a->to);
     if (!format.ok()) return Fail("convert", format.status());
     auto map = ReadExpertMap(a->in, a->experts, a->ranks);
     if (!map.ok()) return Fail("convert", map.status());
-    // Without --ranks an SGLang map reads as one slot per rank: fine for SGLang's own layout, but
-    // a vllm-ascend map of that many one-slot devices describes no real deployment.
-    if (map->format == MapFormat::kSglang && *format == MapFormat::kVllmAscend && a->ranks < 0) {
-      return Fail("convert", Status::Invalid(fmt::format(
-                                 "{}: an SGLang map carries no rank count; give --ranks to write "
-                                 "the vllm-ascend layout (one device list entry per rank)",
-                                 a->in)));
-    }
     if (Status s = WriteExpertMap(a->out, map->placement, *format); !s.ok()) {
       return Fail("convert", s);
     }

@@ -227,13 +227,6 @@ TEST_F(CliTest, BadInputsFailCleanly) {
               Path("c.json"));
   ExpectError("convert " + Path("two_layers.json") + " --to toml --out " + Path("c.json"), "toml",
               Path("c.json"));
-  // An SGLang map has no rank count: writing it as vllm-ascend needs --ranks (before: one device
-  // per slot).
-  const std::string sglang = Write("sg.json", R"({"physical_to_logical_map": [[0, 1, 2, 3]]})");
-  ExpectError("convert " + sglang + " --to vllm-ascend --out " + Path("c.json"),
-              "sg.json: an SGLang map carries no rank count; give --ranks", Path("c.json"));
-  EXPECT_EQ(
-      Eplb("convert " + sglang + " --ranks 2 --to vllm-ascend --out " + Path("c2.json")).status, 0);
   ExpectError("stats --load " + Path("missing.json") + " --ranks 4 --slots-per-rank 3",
               "missing.json", Path("none"));
   ExpectError("plan --ranks 4", "--slots-per-rank", Path("none"));
