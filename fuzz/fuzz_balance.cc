@@ -9,30 +9,22 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bytes.h"
 #include "eplb/algorithm.h"
 #include "eplb/placement.h"
 #include "eplb/planner.h"
 
 namespace {
 
-// Reads the input front to back; zeros once it is spent.
-class Bytes {
- public:
-  Bytes(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  uint8_t Byte() { return pos_ < size_ ? data_[pos_++] : 0; }
-  int Int(int lo, int hi) { return lo + Byte() % (hi - lo + 1); }  // [lo, hi], hi - lo < 256
-  double Load() {
-    const uint8_t kind = Byte();
-    if (kind < 32) return 0.0;
-    if (kind < 40) return std::ldexp(1.0 + Byte(), (Byte() - 128) * 8);  // 2^-1024 .. inf
-    return static_cast<double>(Byte() * 256 + Byte());
-  }
+using eplb_fuzz::Bytes;
 
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
+// A load: 0, a power of two from 2^-1024 up to overflow, or an ordinary count.
+double Load(Bytes& in) {
+  const uint8_t kind = in.Byte();
+  if (kind < 32) return 0.0;
+  if (kind < 40) return std::ldexp(1.0 + in.Byte(), (in.Byte() - 128) * 8);  // 2^-1024 .. inf
+  return static_cast<double>(in.Byte() * 256 + in.Byte());
+}
 
 }  // namespace
 
@@ -54,7 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   eplb::LoadMatrix load(shape.layers, shape.experts);
   for (int l = 0; l < shape.layers; ++l) {
-    for (int e = 0; e < shape.experts; ++e) load.at(l, e) = in.Load();
+    for (int e = 0; e < shape.experts; ++e) load.at(l, e) = Load(in);
   }
   const bool with_current = in.Byte() % 2 == 0;
   std::vector<int> ids(static_cast<size_t>(shape.layers) * shape.slots());

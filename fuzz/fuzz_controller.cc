@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "bytes.h"
 #include "eplb/comm.h"
 #include "eplb/runtime.h"
 
@@ -29,23 +30,10 @@ namespace {
   std::abort();
 }
 
-class Reader {
- public:
-  Reader(const uint8_t* data, size_t size) : p_(data), n_(size) {}
-  bool empty() const { return n_ == 0; }
-  uint8_t Byte() {
-    if (n_ == 0) return 0;
-    --n_;
-    return *p_++;
-  }
-
- private:
-  const uint8_t* p_;
-  size_t n_;
-};
+using eplb_fuzz::Bytes;
 
 // Mostly ordinary counts, with the edges of the range.
-int64_t Count(Reader& in) {
+int64_t Count(Bytes& in) {
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   switch (in.Byte() % 8) {
     case 0:
@@ -108,7 +96,7 @@ void CheckRouting(const eplb::Controller& ctl, int rank, int layers, int experts
 
 // One rank's forward thread: every rank reads the same calls; rank r's counts are rotated by r
 // slots, so the ranks see different loads.
-void Drive(eplb::Controller& ctl, int rank, Reader in, int layers, int experts,
+void Drive(eplb::Controller& ctl, int rank, Bytes in, int layers, int experts,
            const Memory& memory) {
   const int S = ctl.slots_per_rank();
   for (int calls = 0; !in.empty() && calls < 512; ++calls) {
@@ -144,7 +132,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return true;
   }();
   (void)quiet;
-  Reader in(data, size);
+  Bytes in(data, size);
   const int layers = 1 + in.Byte() % 3;
   const int experts = 2 + in.Byte() % 7;
   const uint8_t mode = in.Byte();

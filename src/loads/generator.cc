@@ -100,9 +100,9 @@ LoadMatrix GenerateLoad(const GeneratorOptions& o) {
     // Largest-remainder rounding keeps the row sum exactly top_k * tokens.
     int64_t assigned = 0;
     for (int e = 0; e < o.experts; ++e) {
+      // Uncapped shares are at most `tokens`: the loop above ended when none was above.
       const double exact =
-          capped[e] ? static_cast<double>(o.tokens)
-                    : std::min(left * weight[e] / left_weight, static_cast<double>(o.tokens));
+          capped[e] ? static_cast<double>(o.tokens) : left * weight[e] / left_weight;
       count[e] = static_cast<int64_t>(std::floor(exact));
       assigned += count[e];
       remainder[e] = {exact - std::floor(exact), e};

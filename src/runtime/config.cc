@@ -9,16 +9,18 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 #include <string_view>
 #include <vector>
 
 #include "eplb/formats.h"
+#include "formats/internal/json_util.h"
 
 namespace eplb {
 namespace {
 
 using json = nlohmann::json;
+using formats_internal::DuplicateKey;
+using formats_internal::SpotDuplicateKeys;
 
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 constexpr std::string_view kWrapper = "eplb_config";
@@ -210,12 +212,6 @@ Status UnknownKey(const std::string& origin, const std::string& key) {
                                      KeyName(key), hint, fmt::join(names, ", ")));
 }
 
-// The first key given twice in one object, at object depth 1 (top level) or 2 (inside it).
-struct Duplicate {
-  int depth = 0;
-  std::string key;
-};
-
 // nlohmann's message without its "[json.exception.<kind>.<id>] " tag and its "parse error at line
 // L, column C: " head (the caller writes its own place), on one line.
 std::string Reason(const json::exception& e) {
@@ -232,25 +228,12 @@ std::string Reason(const json::exception& e) {
 
 // Parses `text`; a syntax error gives "<origin>: line L, column C: not valid JSON: <why>".
 StatusOr<json> ParseDocument(const std::string& text, const std::string& origin,
-                             Duplicate* duplicate) {
+                             DuplicateKey* duplicate) {
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
     return Status::Invalid(fmt::format("{}: is empty, expected a JSON object", origin));
   }
-  // nlohmann keeps the last of two equal keys; the callback spots them so none is silently lost.
-  std::vector<std::set<std::string>> open;
-  const json::parser_callback_t callback = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start) {
-      open.emplace_back();
-    } else if (event == json::parse_event_t::object_end) {
-      if (!open.empty()) open.pop_back();
-    } else if (event == json::parse_event_t::key && !open.empty() && parsed.is_string()) {
-      if (!open.back().insert(parsed.get<std::string>()).second && duplicate->depth == 0 &&
-          depth <= 2) {
-        *duplicate = {depth, parsed.get<std::string>()};
-      }
-    }
-    return true;
-  };
+  // Duplicates at object depth 1 (top level) or 2 (inside it), where the keys of a config are.
+  const json::parser_callback_t callback = SpotDuplicateKeys(duplicate, /*max_depth=*/2);
   try {
     return json::parse(text, callback);
   } catch (const json::parse_error& e) {
@@ -267,7 +250,7 @@ StatusOr<json> ParseDocument(const std::string& text, const std::string& origin,
 }
 
 StatusOr<RuntimeConfig> Parse(const std::string& text, const std::string& origin) {
-  Duplicate duplicate;
+  DuplicateKey duplicate;
   EPLB_ASSIGN_OR_RETURN(json doc, ParseDocument(text, origin, &duplicate));
   if (!doc.is_object()) {
     return Status::Invalid(fmt::format(

@@ -97,16 +97,16 @@ Status CheckDistinctOutputs(const std::vector<std::string>& paths) {
   namespace fs = std::filesystem;
   // The same file under two spellings ("r.json", "./r.json", "d/../r.json", a symlink) is caught
   // before it exists by resolving the paths, and as a hard link once it does.
-  auto resolved = [](const std::string& path) {
+  std::vector<fs::path> resolved;
+  for (const std::string& path : paths) {
     std::error_code ec;
     fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
-    return ec ? fs::path(path).lexically_normal() : p;
-  };
+    resolved.push_back(ec ? fs::path(path).lexically_normal() : p);
+  }
   for (size_t i = 0; i < paths.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
       std::error_code ec;
-      if (paths[i] == paths[j] || resolved(paths[i]) == resolved(paths[j]) ||
-          fs::equivalent(paths[i], paths[j], ec)) {
+      if (resolved[i] == resolved[j] || fs::equivalent(paths[i], paths[j], ec)) {
         return Status::Invalid(
             fmt::format("{}: named for two outputs{}", paths[i],
                         paths[i] == paths[j] ? "" : " (also as " + paths[j] + ")"));

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <set>
 #include <string>
 #include <string_view>
@@ -61,28 +62,30 @@ class ErrorLocator : public nlohmann::json_sax<json> {
 
 }  // namespace
 
-StatusOr<json> ParseJson(const std::string& text, const std::string& origin) {
-  // nlohmann keeps the last of two equal keys of an object; the callback spots them, so that no
-  // value is silently dropped.
-  std::vector<std::set<std::string>> keys;  // per open object
-  std::string duplicate;
-  const json::parser_callback_t spot = [&](int, json::parse_event_t event, json& parsed) {
+json::parser_callback_t SpotDuplicateKeys(DuplicateKey* first, int max_depth) {
+  auto open = std::make_shared<std::vector<std::set<std::string>>>();  // keys per open object
+  return [open, first, max_depth](int depth, json::parse_event_t event, json& parsed) {
     if (event == json::parse_event_t::object_start) {
-      keys.emplace_back();
+      open->emplace_back();
     } else if (event == json::parse_event_t::object_end) {
-      if (!keys.empty()) keys.pop_back();
-    } else if (event == json::parse_event_t::key && !keys.empty() && duplicate.empty() &&
-               !keys.back().insert(parsed.get<std::string>()).second) {
-      duplicate = parsed.get<std::string>();
+      if (!open->empty()) open->pop_back();
+    } else if (event == json::parse_event_t::key && !open->empty() && parsed.is_string() &&
+               !open->back().insert(parsed.get<std::string>()).second && first->depth == 0 &&
+               depth <= max_depth) {
+      *first = {depth, parsed.get<std::string>()};
     }
     return true;
   };
-  json j = json::parse(text, spot, /*allow_exceptions=*/false);
+}
+
+StatusOr<json> ParseJson(const std::string& text, const std::string& origin) {
+  DuplicateKey duplicate;
+  json j = json::parse(text, SpotDuplicateKeys(&duplicate), /*allow_exceptions=*/false);
   if (!j.is_discarded()) {
-    if (!duplicate.empty()) {
+    if (duplicate.depth != 0) {
       return Status::Invalid(
           fmt::format("{}: key {} appears twice in one object", origin,
-                      json(duplicate).dump(-1, ' ', false, json::error_handler_t::replace)));
+                      json(duplicate.key).dump(-1, ' ', false, json::error_handler_t::replace)));
     }
     return j;
   }
