@@ -20,7 +20,6 @@ namespace {
 
 using json = nlohmann::json;
 using formats_internal::DuplicateKey;
-using formats_internal::SpotDuplicateKeys;
 
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 constexpr std::string_view kWrapper = "eplb_config";
@@ -212,20 +211,6 @@ Status UnknownKey(const std::string& origin, const std::string& key) {
                                      KeyName(key), hint, fmt::join(names, ", ")));
 }
 
-// nlohmann's message without its "[json.exception.<kind>.<id>] " tag and its "parse error at line
-// L, column C: " head (the caller writes its own place), on one line.
-std::string Reason(const json::exception& e) {
-  std::string why = e.what();
-  if (const size_t tag = why.find("] "); why.starts_with("[json.exception.") && tag != why.npos) {
-    why = why.substr(tag + 2);
-  }
-  if (why.starts_with("parse error")) {
-    if (const size_t head = why.find(": "); head != std::string::npos) why = why.substr(head + 2);
-  }
-  std::replace(why.begin(), why.end(), '\n', ' ');
-  return why;
-}
-
 // Parses `text`; a syntax error gives "<origin>: line L, column C: not valid JSON: <why>".
 StatusOr<json> ParseDocument(const std::string& text, const std::string& origin,
                              DuplicateKey* duplicate) {
@@ -233,20 +218,7 @@ StatusOr<json> ParseDocument(const std::string& text, const std::string& origin,
     return Status::Invalid(fmt::format("{}: is empty, expected a JSON object", origin));
   }
   // Duplicates at object depth 1 (top level) or 2 (inside it), where the keys of a config are.
-  const json::parser_callback_t callback = SpotDuplicateKeys(duplicate, /*max_depth=*/2);
-  try {
-    return json::parse(text, callback);
-  } catch (const json::parse_error& e) {
-    // The place of the last character read (1-based line and column), where nlohmann gave up.
-    const size_t pos = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
-    const size_t line = 1 + std::count(text.begin(), text.begin() + pos, '\n');
-    const size_t newline = std::string_view(text).substr(0, pos).rfind('\n');
-    const size_t column = 1 + (newline == std::string_view::npos ? pos : pos - newline - 1);
-    return Status::Invalid(
-        fmt::format("{}: line {}, column {}: not valid JSON: {}", origin, line, column, Reason(e)));
-  } catch (const json::exception& e) {  // e.g. a number too large for a double
-    return Status::Invalid(fmt::format("{}: not valid JSON: {}", origin, Reason(e)));
-  }
+  return formats_internal::ParseJson(text, origin, duplicate, /*max_depth=*/2);
 }
 
 StatusOr<RuntimeConfig> Parse(const std::string& text, const std::string& origin) {

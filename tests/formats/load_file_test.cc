@@ -184,8 +184,12 @@ const BadLoad kBadLoads[] = {
     {"Empty", "", "is empty"},
     {"OnlyWhitespace", " \n\t\n", "is empty"},
     {"NotJson", "{\"logical_count\": [[1, 2]\n",
-     "line 2, column 0: not valid JSON: "
+     "line 2, column 1: not valid JSON: "
      "syntax error while parsing array - unexpected end of input; expected ']'"},
+    // The place is the last character read: a literal cut short by a line break is on its line.
+    {"LiteralCutByLineBreak", "{\"counts\": [[1, tru\n]]}",
+     "line 1, column 20: not valid JSON: "
+     "syntax error while parsing value - invalid literal; last read: '1, tru<U+000A>'"},
     {"JsonNumberOverflow", "{\"logical_count\":\n [[1, 1e999]]}",
      "line 2, column 11: not valid JSON: number overflow parsing '1e999'"},
     {"TopLevelArray", "[[1, 2]]",

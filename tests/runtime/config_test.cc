@@ -312,6 +312,11 @@ TEST(ConfigParseTest, NotJsonNamesLineAndColumn) {
   const std::string two = ErrorOf("{\n  \"dynamic_eplb\": tru\n}");
   EXPECT_EQ(two.rfind("cfg.json: line 2, column ", 0), 0) << two;
   EXPECT_NE(two.find("not valid JSON"), std::string::npos) << two;
+  // The place is counted as for load files and expert maps: input that ends on an empty line
+  // stops at its column 1.
+  EXPECT_EQ(ErrorOf("{\"dynamic_eplb\":\n"),
+            "cfg.json: line 2, column 1: not valid JSON: syntax error while parsing value - "
+            "unexpected end of input; expected '[', '{', or a literal");
   EXPECT_EQ(ErrorOf(""), "cfg.json: is empty, expected a JSON object");
   EXPECT_EQ(ErrorOf(" \n\t"), "cfg.json: is empty, expected a JSON object");
   EXPECT_EQ(ErrorOf(R"({"transfer_timeout_ms": 1e400})").rfind("cfg.json: ", 0), 0);

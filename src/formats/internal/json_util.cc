@@ -60,8 +60,8 @@ class ErrorLocator : public nlohmann::json_sax<json> {
   std::string what_ = "unknown error";
 };
 
-}  // namespace
-
+// A parser callback for nlohmann::json::parse that records in *first the first key given twice in
+// one object at depth <= max_depth (first must outlive the parse).
 json::parser_callback_t SpotDuplicateKeys(DuplicateKey* first, int max_depth) {
   auto open = std::make_shared<std::vector<std::set<std::string>>>();  // keys per open object
   return [open, first, max_depth](int depth, json::parse_event_t event, json& parsed) {
@@ -78,24 +78,30 @@ json::parser_callback_t SpotDuplicateKeys(DuplicateKey* first, int max_depth) {
   };
 }
 
-StatusOr<json> ParseJson(const std::string& text, const std::string& origin) {
-  DuplicateKey duplicate;
-  json j = json::parse(text, SpotDuplicateKeys(&duplicate), /*allow_exceptions=*/false);
+}  // namespace
+
+StatusOr<json> ParseJson(const std::string& text, const std::string& origin,
+                         DuplicateKey* duplicate, int max_depth) {
+  DuplicateKey own;
+  DuplicateKey* const first = duplicate != nullptr ? duplicate : &own;
+  json j = json::parse(text, SpotDuplicateKeys(first, max_depth), /*allow_exceptions=*/false);
   if (!j.is_discarded()) {
-    if (duplicate.depth != 0) {
+    if (duplicate == nullptr && own.depth != 0) {
       return Status::Invalid(
           fmt::format("{}: key {} appears twice in one object", origin,
-                      json(duplicate.key).dump(-1, ' ', false, json::error_handler_t::replace)));
+                      json(own.key).dump(-1, ' ', false, json::error_handler_t::replace)));
     }
     return j;
   }
   ErrorLocator locator;
   (void)json::sax_parse(text, &locator);
-  const size_t pos = std::min(locator.position(), text.size());
+  // The place of the last character read (the end of the text counts as one), where nlohmann
+  // gave up: a literal cut short by a line break is reported on its own line.
+  const size_t pos = std::min<size_t>(locator.position() == 0 ? 0 : locator.position() - 1,
+                                      text.size());
   const size_t line = 1 + std::count(text.begin(), text.begin() + pos, '\n');
-  // Like nlohmann's own messages: the column counts the characters read on the error's line.
   const size_t newline = std::string_view(text).substr(0, pos).rfind('\n');
-  const size_t column = newline == std::string_view::npos ? pos : pos - newline - 1;
+  const size_t column = 1 + (newline == std::string_view::npos ? pos : pos - newline - 1);
   return Status::Invalid(fmt::format("{}: line {}, column {}: not valid JSON: {}", origin, line,
                                      column, locator.reason()));
 }

@@ -17,14 +17,14 @@ struct DuplicateKey {
   int depth = 0;  // the callback depth of the key (1: a key of the top-level object); 0: none
   std::string key;
 };
-// A parser callback for nlohmann::json::parse that records in *first the first key given twice in
-// one object at depth <= max_depth (first must outlive the parse).
-nlohmann::json::parser_callback_t SpotDuplicateKeys(
-    DuplicateKey* first, int max_depth = std::numeric_limits<int>::max());
 
-// Parses `text`; on failure the message is "<origin>: line L, column C: not valid JSON: <why>",
-// or "<origin>: key "K" appears twice in one object".
-StatusOr<nlohmann::json> ParseJson(const std::string& text, const std::string& origin);
+// Parses `text`. Not JSON: "<origin>: line L, column C: not valid JSON: <why>", the place (from 1)
+// of the last character the parser read, the end of the text counting as one. A key given twice in one object: without `duplicate`,
+// "<origin>: key "K" appears twice in one object"; with it, the parse succeeds and *duplicate
+// records the first such key at object depth <= max_depth, for the caller to report in its terms.
+StatusOr<nlohmann::json> ParseJson(const std::string& text, const std::string& origin,
+                                   DuplicateKey* duplicate = nullptr,
+                                   int max_depth = std::numeric_limits<int>::max());
 
 // A short one-line rendering of a value for "got ..." in messages: numbers as written (inf and
 // nan included), strings quoted and shortened, "an array" / "an object" for containers.
