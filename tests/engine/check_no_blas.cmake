@@ -1,0 +1,13 @@
+# cmake -DBINARY=file -P check_no_blas.cmake: fails when BINARY needs a BLAS library.
+execute_process(COMMAND readelf -d ${BINARY} OUTPUT_VARIABLE dynamic RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "readelf -d ${BINARY} failed (${rc})")
+endif()
+string(REGEX MATCHALL "\\(NEEDED\\)[^\n]*" needed "${dynamic}")
+if(needed STREQUAL "")
+  message(FATAL_ERROR "${BINARY}: readelf lists no needed libraries; cannot check")
+endif()
+if(dynamic MATCHES "blas")
+  message(FATAL_ERROR "${BINARY} needs a BLAS library, handed on by the eplb target:\n${needed}")
+endif()
+message(STATUS "${BINARY}: no BLAS among ${needed}")
