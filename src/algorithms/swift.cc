@@ -378,6 +378,7 @@ class ExcessSearch : public LayerState {
     hot_seen_.assign(E_, 0);
     hot_stamp_ = 0;
     applies_ = 0;
+    refreshed_.assign(E_, 0);
     for (int e = 0; e < E_; ++e) Refresh(e);
     for (int round = 1; round <= max_rounds; ++round) {
       Prepare();
@@ -481,7 +482,12 @@ class ExcessSearch : public LayerState {
     Apply(c);
     ForAffected(c, stamp);  // ... and after
     for (int r : changed_) {
-      for (int t = 0; t < S_; ++t) Refresh(slot_[r * S_ + t]);
+      for (int t = 0; t < S_; ++t) {
+        const int e = slot_[r * S_ + t];
+        if (refreshed_[e] == applies_) continue;  // held by an earlier rank of changed_
+        refreshed_[e] = applies_;
+        Refresh(e);
+      }
     }
   }
 
@@ -720,7 +726,8 @@ class ExcessSearch : public LayerState {
   double mean_ = 0;              // the layer's mean rank load when Improve started
   double best_peak_ = 0;         // the largest rank load of best_slots_
   int best_changes_ = 0;
-  std::vector<int> changed_;  // ApplyStep's ranks
+  std::vector<int> changed_;    // ApplyStep's ranks
+  std::vector<int> refreshed_;  // per expert, the applies_ at which ApplyStep last refreshed it
   std::vector<int> back_;     // back_stamp_ on the ranks holding a source's original experts
   int back_stamp_ = 0;
   std::vector<int> reserved_;  // reserve_stamp_ on the donor ranks a round's replications chose
