@@ -815,10 +815,27 @@ class Packer {
     fill_.assign(ranks, 0);
     last_.assign(ranks, -1);  // the expert a rank received last: the only one it can hold twice
     phy2log_.assign(static_cast<size_t>(ranks) * slots_per_rank, -1);
+    // While every rank is empty the heap hands out ranks 0, 1, 2, ... in turn: a positive piece
+    // sinks each below the empty ones. Those placements skip the heap, which is then built once
+    // from the same keys (they are distinct, so its top is the same at every step after).
+    int fresh = 0;  // ranks [0, fresh) took the first replicas; -1 once the heap is in use
     for (const Key k : experts_) {
       const double piece = -KeyValue(k);
       const int e = KeyId(k);
       for (int c = 0; c < count[e]; ++c) {
+        if (fresh >= 0) {
+          if (fresh < ranks && piece > 0) {
+            phy2log_[static_cast<size_t>(fresh) * S_] = e;
+            fill_[fresh] = 1;
+            last_[fresh] = e;
+            load_[fresh] = piece;
+            ++fresh;
+            continue;
+          }
+          for (int r = 0; r < fresh; ++r) heap_[r] = MakeKey(fill_[r] < S_ ? load_[r] : kFull, r);
+          std::make_heap(heap_.begin(), heap_.end(), std::greater<>());
+          fresh = -1;
+        }
         while (last_[KeyId(heap_.front())] == e) SkipTop();
         const int r = KeyId(heap_.front());
         if (fill_[r] == S_) {  // every rank with a free slot holds e already
