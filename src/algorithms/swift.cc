@@ -728,7 +728,7 @@ class ExcessSearch : public LayerState {
   int best_changes_ = 0;
   std::vector<int> changed_;    // ApplyStep's ranks
   std::vector<int> refreshed_;  // per expert, the applies_ at which ApplyStep last refreshed it
-  std::vector<int> back_;     // back_stamp_ on the ranks holding a source's original experts
+  std::vector<int> back_;       // back_stamp_ on the ranks holding a source's original experts
   int back_stamp_ = 0;
   std::vector<int> reserved_;  // reserve_stamp_ on the donor ranks a round's replications chose
   int reserve_stamp_ = 0;

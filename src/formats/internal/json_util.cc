@@ -97,8 +97,8 @@ StatusOr<json> ParseJson(const std::string& text, const std::string& origin,
   (void)json::sax_parse(text, &locator);
   // The place of the last character read (the end of the text counts as one), where nlohmann
   // gave up: a literal cut short by a line break is reported on its own line.
-  const size_t pos = std::min<size_t>(locator.position() == 0 ? 0 : locator.position() - 1,
-                                      text.size());
+  const size_t pos =
+      std::min<size_t>(locator.position() == 0 ? 0 : locator.position() - 1, text.size());
   const size_t line = 1 + std::count(text.begin(), text.begin() + pos, '\n');
   const size_t newline = std::string_view(text).substr(0, pos).rfind('\n');
   const size_t column = 1 + (newline == std::string_view::npos ? pos : pos - newline - 1);

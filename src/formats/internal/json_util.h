@@ -19,9 +19,10 @@ struct DuplicateKey {
 };
 
 // Parses `text`. Not JSON: "<origin>: line L, column C: not valid JSON: <why>", the place (from 1)
-// of the last character the parser read, the end of the text counting as one. A key given twice in one object: without `duplicate`,
-// "<origin>: key "K" appears twice in one object"; with it, the parse succeeds and *duplicate
-// records the first such key at object depth <= max_depth, for the caller to report in its terms.
+// of the last character the parser read, the end of the text counting as one. A key given twice
+// in one object: without `duplicate`, "<origin>: key "K" appears twice in one object"; with it,
+// the parse succeeds and *duplicate records the first such key at object depth <= max_depth, for
+// the caller to report in its terms.
 StatusOr<nlohmann::json> ParseJson(const std::string& text, const std::string& origin,
                                    DuplicateKey* duplicate = nullptr,
                                    int max_depth = std::numeric_limits<int>::max());
