@@ -1,4 +1,4 @@
-# cmake -DBUILD_DIR=... -DWORK_DIR=... -DCONSUMER=... -DCXX=... [-DCONFIG=...] -P install_and_use.cmake
+# cmake -DBUILD_DIR=... -DWORK_DIR=... -DCONSUMER=... -DCXX=... -P install_and_use.cmake
 file(REMOVE_RECURSE ${WORK_DIR})
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
