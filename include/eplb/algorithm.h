@@ -59,6 +59,11 @@ class Balancer {
  public:
   virtual ~Balancer() = default;
   virtual std::string_view name() const = 0;
+  // Whether this algorithm can balance placements of `shape` at all: Shape::Validate() plus the
+  // algorithm's own limits (swift: ranks x experts <= 2^27). Balance() checks it too; a runtime
+  // asks it once at start-up, so that a shape the algorithm refuses fails there and not at the
+  // first rebalance.
+  virtual Status CheckShape(const Shape& shape) const { return shape.Validate(); }
   // Checks the input (shape, load shape, current placement) and returns a new placement.
   virtual StatusOr<BalanceResult> Balance(const BalanceInput& input) const = 0;
 };

@@ -965,15 +965,21 @@ class Swift final : public Balancer {
   explicit Swift(const AlgorithmOptions& o) : options_(o) {}
   std::string_view name() const override { return "swift"; }
 
-  StatusOr<BalanceResult> Balance(const BalanceInput& input) const override {
-    EPLB_RETURN_IF_ERROR(ValidateBalanceInput(input));
-    const Shape& shape = input.shape;
+  Status CheckShape(const Shape& shape) const override {
+    EPLB_RETURN_IF_ERROR(shape.Validate());
     if (static_cast<int64_t>(shape.ranks) * shape.experts > kMaxRankExperts) {
       return Status::Invalid(fmt::format(
           "swift: ranks x experts = {} x {} is more than 2^27: its working state takes 5 bytes "
           "per rank and expert (deepseek has no such limit)",
           shape.ranks, shape.experts));
     }
+    return Status::Ok();
+  }
+
+  StatusOr<BalanceResult> Balance(const BalanceInput& input) const override {
+    EPLB_RETURN_IF_ERROR(ValidateBalanceInput(input));
+    EPLB_RETURN_IF_ERROR(CheckShape(input.shape));
+    const Shape& shape = input.shape;
     const LoadMatrix& load = *input.load;
     const int slots = shape.slots();
     const int max_steps = 8 * slots;

@@ -820,6 +820,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
   EPLB_RETURN_IF_ERROR(m.shape.Validate().WithPrefix("model"));
   m.records = m.rank % m.shape.ranks_per_node() == 0;
   EPLB_ASSIGN_OR_RETURN(m.balancer, MakeBalancer(config.algorithm, BalancerOptions(config)));
+  EPLB_RETURN_IF_ERROR(m.balancer->CheckShape(m.shape).WithPrefix("model"));
   if (!config.expert_map_path.empty()) {
     const std::string where = fmt::format("{}.expert_map_path: {}", kKey, config.expert_map_path);
     StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, model.experts, comm->size());

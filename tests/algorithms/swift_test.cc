@@ -203,6 +203,10 @@ TEST(SwiftTest, RejectsBadInputAndOptions) {
   EXPECT_EQ(r.status().message(),
             "swift: ranks x experts = 8192 x 131072 is more than 2^27: its working state takes 5 "
             "bytes per rank and expert (deepseek has no such limit)");
+  // The same answer without a load, for a caller that checks the shape up front.
+  EXPECT_EQ((*MakeBalancer("swift"))->CheckShape(wide).message(), r.status().message());
+  EXPECT_TRUE((*MakeBalancer("deepseek"))->CheckShape(wide).ok());
+  EXPECT_FALSE((*MakeBalancer("swift"))->CheckShape(Shape{}).ok());  // Shape::Validate's errors
   // Loads whose sum overflows (before: the retry loop never ended on NaN balancedness).
   LoadMatrix huge(2, 8);
   for (int e = 0; e < 8; ++e) huge.at(1, e) = 1e308;

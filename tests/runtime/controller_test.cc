@@ -571,6 +571,13 @@ TEST(ControllerTest, BadConfigurationRegistrationAndLoadsAreRejected) {
   EXPECT_FALSE(Controller::Create(c, {.layers = 2, .experts = 16}, world[0].get()).ok());
   c.algorithm = "swift";
   EXPECT_FALSE(Controller::Create(c, {.layers = 0, .experts = 16}, world[0].get()).ok());
+  // A shape past the algorithm's own limits fails here, before the controller allocates its
+  // windows (before: it was created, and the first rebalance failed on the worker).
+  auto sixteen = MakeInProcessWorld(16);
+  auto wide = Controller::Create(c, {.layers = 2, .experts = 1 << 24}, sixteen[0].get());
+  EXPECT_EQ(wide.ok() ? "(created)" : std::string(wide.status().message()),
+            "model: swift: ranks x experts = 16 x 16777216 is more than 2^27: its working state "
+            "takes 5 bytes per rank and expert (deepseek has no such limit)");
 
   auto ctl = Controller::Create(c, {.layers = 2, .experts = 16}, world[0].get());
   ASSERT_TRUE(ctl.ok());
