@@ -41,6 +41,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <cmath>
@@ -75,6 +76,7 @@ struct Step {
   int slot_b = -1;
   int expert_b = -1;
   int cost = 0;          // change in the number of slots that differ from the original placement
+  double weight = 0;     // the same change with each slot weighted by Weight()
   double value = 0;      // what the step is worth to its search (higher is better)
   int evaluated_at = 0;  // ExcessSearch: how many steps had been applied when it was found
 };
@@ -84,8 +86,10 @@ struct Step {
 // Balance() call and reused across layers, so a call allocates only once per shape.
 class LayerState {
  public:
+  // With track_changes, changes are counted from phy2log; ranks_per_node > 0 and
+  // inter_node_cost > 1 weigh a change that must fetch its expert from another node.
   void Reset(std::span<const double> w, std::span<const int> phy2log, int ranks, int slots_per_rank,
-             bool track_changes) {
+             bool track_changes, int ranks_per_node = 0, double inter_node_cost = 1.0) {
     // Clears only the entries the previous layer set when the shape is the same.
     const bool same_shape =
         ranks == R_ && slots_per_rank == S_ && static_cast<int>(w.size()) == E_ && !slot_.empty();
@@ -112,7 +116,25 @@ class LayerState {
     for (int e = 0; e < E_; ++e) Pieces(e);
     track_ = track_changes;
     if (track_) {
-      orig_ = holds_;
+      // origin_: 0 where the rank holds the expert, else 1 where a rank of its node does (or
+      // nodes are not weighed), else 2.
+      const size_t row = E_;
+      if (ranks_per_node > 0 && ranks_per_node < R_ && inter_node_cost > 1) {
+        weight_of_ = {0.0, 1.0, inter_node_cost};
+        rpn_ = ranks_per_node;
+        origin_.resize(R_ * row);
+        for (int first = 0; first < R_; first += rpn_) {  // a node's row, copied to its ranks
+          uint8_t* o = &origin_[first * row];
+          std::fill(o, o + row, 2);
+          for (int i = first * S_; i < (first + rpn_) * S_; ++i) o[slot_[i]] = 1;
+          for (int r = first + 1; r < first + rpn_; ++r) std::copy(o, o + row, &origin_[r * row]);
+        }
+      } else {
+        weight_of_ = {0.0, 1.0, 1.0};
+        rpn_ = R_;  // one node
+        origin_.assign(R_ * row, 1);
+      }
+      for (int i = 0; i < R_ * S_; ++i) origin_[i / S_ * row + slot_[i]] = 0;
       orig_slot_ = slot_;
       arrived_.assign(R_, 0);
     }
@@ -139,8 +161,15 @@ class LayerState {
   bool Holds(int r, int e) const { return holds_[static_cast<size_t>(r) * E_ + e] != 0; }
   // 1 if rank r did not hold e in the original placement (tracked mode only).
   int Changed(int r, int e) const {
-    return track_ && !orig_[static_cast<size_t>(r) * E_ + e] ? 1 : 0;
+    return track_ && origin_[static_cast<size_t>(r) * E_ + e] != 0 ? 1 : 0;
   }
+  // What e on rank r weighs as a change (tracked mode only): 0 if r held e originally, else 1,
+  // or inter_node_cost when no rank of r's node held it (its weights must cross nodes).
+  double Weight(int r, int e) const { return weight_of_[origin_[static_cast<size_t>(r) * E_ + e]]; }
+  double MostWeight() const { return weight_of_[2]; }
+  // Whether changes are weighted by node; then the ranks of a node are [k, k + rpn_).
+  bool NodeAware() const { return rpn_ < R_; }
+  bool SameNode(int a, int b) const { return a / rpn_ == b / rpn_; }
   // How many of rank r's slots hold an expert r did not hold originally (tracked mode only).
   int Arrived(int r) const { return arrived_[r]; }
   // The expert slot i held originally (tracked mode only).
@@ -236,7 +265,9 @@ class LayerState {
   }
 
   bool track_ = false;
-  std::vector<uint8_t> orig_;   // holds_ of the original placement
+  std::vector<uint8_t> origin_;  // [rank][expert]: an index into weight_of_ (see Reset)
+  std::array<double, 3> weight_of_{};
+  int rpn_ = 0;                 // ranks per node (R_ when changes are not weighted by node)
   std::vector<int> orig_slot_;  // slot_ of the original placement
   std::vector<int> arrived_;    // per rank, see Arrived()
   int changes_ = 0;
@@ -557,12 +588,12 @@ class ExcessSearch : public LayerState {
     return true;
   }
 
-  // Keeps c if it removes more excess per slot changed than best. `estimate` may overstate what
-  // a re-replication removes (it ignores ranks holding both experts); the exact value decides.
-  // A step changes at most 2 slots, so the value is removed or removed / 2: a multiplication by
-  // 0.5 is exact and much cheaper than a division.
+  // Keeps c if it removes more excess per slot changed (weighted, at least 1) than best.
+  // `estimate` may overstate what a re-replication removes (it ignores ranks holding both
+  // experts); the exact value decides. Unweighted, a step changes at most 2 slots, so the value
+  // is removed or removed / 2: a multiplication by 0.5 is exact and much cheaper than a division.
   void Consider(Step& best, Step& c, double estimate) const {
-    const double per_inverse = c.cost >= 2 ? 0.5 : 1.0;
+    const double per_inverse = c.weight > 1 ? (c.weight == 2 ? 0.5 : 1.0 / c.weight) : 1.0;
     if (estimate * per_inverse <= best.value) return;
     const double removed = c.kind == Step::kSwap ? estimate : ExactRemoved(c);
     c.value = removed * per_inverse;
@@ -603,6 +634,9 @@ class ExcessSearch : public LayerState {
   }
 
   // The best swap or release of source rank h (kNone if none removes excess).
+  Step BestFrom(int h) { return NodeAware() ? BestFrom<true>(h) : BestFrom<false>(h); }
+  // kNodes: changes are weighed by node (a separate instance keeps the single-node loop lean).
+  template <bool kNodes>
   Step BestFrom(int h) {
     const int partners = std::min(R_, std::max(4, kPairBudget / (S_ * S_)));
     Step best;
@@ -616,22 +650,43 @@ class ExcessSearch : public LayerState {
     for (int s = 0; s < S_; ++s) {
       for (int r : Holders(OrigSlot(h * S_ + s))) back_[r] = back_stamp_;
     }
+    // Weighing changes by node, the lightest kLocalPartners ranks of h's node after the lightest
+    // `partners` ranks are partners too, and come first: a swap within the node weighs less, so
+    // its value, found early, lets the bounds below skip more of the others.
+    locals_.clear();
+    for (int pi = partners; kNodes && pi < R_ && locals_.size() < kLocalPartners; ++pi) {
+      if (SameNode(order_[pi], h) && order_[pi] != h) locals_.push_back(order_[pi]);
+    }
+    const int n = kNodes ? static_cast<int>(locals_.size()) : 0;
     for (int s = 0; s < S_; ++s) {
       const int hs = h * S_ + s;
       const int x = slot_[hs];
       const double px = Piece(x);
-      // Swap x with a lighter expert y of one of the lightest ranks j. It removes at most
-      // min(excess of h, room under the cap on j, px); partners come lightest first.
-      for (int pi = 0; pi < partners; ++pi) {
-        const int j = order_[pi];
+      // Swap x with a lighter expert y of one of the partners j. It removes at most
+      // min(excess of h, room under the cap on j, px); each list comes lightest first.
+      for (int pi = 0; pi < n + partners; ++pi) {
+        const int j = pi < n ? locals_[pi] : order_[pi - n];
         const double lj = load_[j];
         const double bound = std::min(std::min(lh - cap_, cap_ - lj), px);
-        if (bound <= best.value) break;
+        if (bound <= best.value) {
+          if (pi < n) {
+            pi = n - 1;  // on to the lightest ranks
+            continue;
+          }
+          break;
+        }
         if (j == h || Holds(j, x)) continue;
-        // Only a swap that changes fewer than 2 slots can beat best here. (Like the break
-        // above, this ignores candidates that beat the bound by rounding alone.)
-        if (bound * 0.5 <= best.value && !Changed(h, x) && Changed(j, x) && !Arrived(j) &&
-            back_[j] != back_stamp_) {
+        // The swap's weight is at least x's part plus, when nothing has arrived on j (so every y
+        // there is original) and j holds nothing h held originally, 1 for y on h. Skip j when
+        // that leaves no chance to beat best. (Like the break above, this ignores candidates that
+        // beat the bound by rounding alone.) Unweighted, that is: x's part is 1 and the rest holds.
+        if constexpr (kNodes) {
+          if (bound <= best.value * (1 + MostWeight()) && !Arrived(j)) {
+            const double least = Weight(j, x) - Weight(h, x) + (back_[j] != back_stamp_ ? 1 : 0);
+            if (least > 1 && bound <= best.value * least) continue;
+          }
+        } else if (bound * 0.5 <= best.value && !Changed(h, x) && Changed(j, x) && !Arrived(j) &&
+                   back_[j] != back_stamp_) {
           continue;
         }
         const double exc_j = Exc(lj);
@@ -644,6 +699,7 @@ class ExcessSearch : public LayerState {
           if (removed <= best.value || Holds(h, y)) continue;
           Step c{Step::kSwap, hs, y, jt, x};
           c.cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
+          c.weight = kNodes ? Weight(h, y) - Weight(h, x) + Weight(j, x) - Weight(j, y) : c.cost;
           Consider(best, c, removed);
         }
       }
@@ -657,6 +713,7 @@ class ExcessSearch : public LayerState {
           const double estimate = gain_add_[y] - lost + Exc(lh) - Exc(lh - px + PieceMore(y));
           Step c{Step::kRelease, hs, y};
           c.cost = Changed(h, y) - Changed(h, x);
+          c.weight = kNodes ? Weight(h, y) - Weight(h, x) : c.cost;
           Consider(best, c, estimate);
         }
       }
@@ -692,6 +749,7 @@ class ExcessSearch : public LayerState {
         const double estimate = gain_add_[x] - donor_cost - (Exc(lj - Piece(y) + px_new) - Exc(lj));
         Step c{Step::kReplicate, jt, x};
         c.cost = Changed(j, x) - Changed(j, y);
+        c.weight = NodeAware() ? Weight(j, x) - Weight(j, y) : c.cost;
         Consider(best, c, estimate);
       }
       if (best.kind != Step::kNone) {
@@ -704,12 +762,14 @@ class ExcessSearch : public LayerState {
   }
 
   static constexpr int kPairBudget = 256;
+  static constexpr int kLocalPartners = 2;
   static constexpr double kRoundFraction = 0.5;
   static constexpr size_t kSources = 8;
   static constexpr int kHot = 16;
 
   double cap_ = 0;
   std::vector<int> overloaded_;
+  std::vector<int> locals_;  // BestFrom's partners on the source's node
   std::vector<double> gain_add_, loss_remove_;
   std::vector<Key> donors_;      // (cost, slot), cheapest first
   std::vector<Key> donor_heap_;  // the donors not yet sorted into donors_
@@ -948,6 +1008,10 @@ Status ValidateOptions(const AlgorithmOptions& o) {
     return Status::Invalid(fmt::format(
         "swift: min_gain_per_change must be a finite number >= 0, got {}", o.min_gain_per_change));
   }
+  if (!(o.inter_node_cost >= 1) || !std::isfinite(o.inter_node_cost)) {
+    return Status::Invalid(fmt::format(
+        "swift: inter_node_cost must be a finite number >= 1, got {}", o.inter_node_cost));
+  }
   if (o.max_changes_per_layer < -1 || o.max_changes_per_cycle < -1) {
     return Status::Invalid(fmt::format(
         "swift: change caps must be >= 0, or -1 for no cap, got {} per layer and {} per cycle",
@@ -1030,7 +1094,7 @@ class Swift final : public Balancer {
         int best_changes = 0;
         for (double target = options_.target_balancedness;;) {
           search.Reset(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
-                       /*track_changes=*/true);
+                       /*track_changes=*/true, shape.ranks_per_node(), options_.inter_node_cost);
           search.Improve(target, static_cast<int>(budget), options_.min_gain_per_change, max_steps);
           const double got = search.best_balancedness();
           if (search.best_changes() > 0 &&

@@ -229,6 +229,10 @@ Action AddPlan(CLI::App& app) {
                      "swift: leave layers at least this balanced alone")
           ->capture_default_str()
           ->check(CLI::Range(0.0, 1.0)),
+      app.add_option("--inter-node-cost", a->options.inter_node_cost,
+                     "swift, with --nodes > 1: what a change that must fetch its expert from "
+                     "another node weighs, in slot changes (1: ignore nodes)")
+          ->capture_default_str(),
       app.add_option("--max-changes-per-layer", a->options.max_changes_per_layer,
                      "swift: cap on slots changed per layer (-1: none)")
           ->capture_default_str()

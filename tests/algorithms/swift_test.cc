@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -12,6 +13,7 @@
 #include "eplb/algorithm.h"
 #include "eplb/formats.h"
 #include "eplb/loads.h"
+#include "eplb/planner.h"
 #include "testing/random_cases.h"
 
 namespace eplb {
@@ -186,6 +188,61 @@ TEST(SwiftTest, AnUnreachableTargetReturnsTheMostBalancedPlacementSeen) {
   EXPECT_LE(changed, 0.135);
 }
 
+TEST(SwiftTest, NodesWeighNothingAtInterNodeCostOneOrOnOneNode) {
+  for (uint64_t seed = 1; seed <= 200; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    Shape shape = testing::RandomShape(rng);
+    if (shape.nodes == 1 && shape.ranks % 2 == 0) shape.nodes = 2;
+    const LoadMatrix load = testing::RandomLoad(rng, shape);
+    const Placement current = testing::RandomPlacement(rng, shape);
+    Shape one_node = shape;
+    one_node.nodes = 1;
+    auto plain = RunSwift(load, one_node, &current);
+    ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+    auto ignored = RunSwift(load, shape, &current, {.inter_node_cost = 1});
+    ASSERT_TRUE(ignored.ok()) << ignored.status().ToString();
+    EXPECT_EQ(ignored->placement, plain->placement);
+    auto heavy = RunSwift(load, one_node, &current, {.inter_node_cost = 5});
+    ASSERT_TRUE(heavy.ok()) << heavy.status().ToString();
+    EXPECT_EQ(heavy->placement, plain->placement);
+  }
+}
+
+// Copies between nodes: expert copies whose source and destination nodes differ (the planner
+// takes a source on the destination's node whenever one holds the expert).
+int64_t CopiesBetweenNodes(const Placement& from, const Placement& to, const Shape& shape) {
+  auto plan = PlanTransfers(from, to, shape, {.expert_bytes = 1});
+  EXPECT_TRUE(plan.ok()) << plan.status().ToString();
+  return plan.ok() ? plan->inter_node_bytes : -1;
+}
+
+TEST(SwiftTest, WeighingNodesCopiesFewerExpertsBetweenNodes) {
+  // The embedded generator's workload shift on 32 ranks x 5 slots in 4 nodes: weighing a copy
+  // between nodes as 2 slot changes (the default) must keep most copies within their node and
+  // still reach the target.
+  const Shape shape{.layers = 8, .experts = 128, .ranks = 32, .slots_per_rank = 5, .nodes = 4};
+  const LoadMatrix a = GenerateLoad({.layers = 8, .experts = 128});
+  const LoadMatrix b = GenerateLoad({.layers = 8, .experts = 128, .shift = 1});
+  auto start = RunSwift(a, shape);
+  ASSERT_TRUE(start.ok());
+  const Placement& old = start->placement;
+  auto ignored = RunSwift(b, shape, &old, {.inter_node_cost = 1});
+  auto weighed = RunSwift(b, shape, &old);
+  ASSERT_TRUE(ignored.ok() && weighed.ok());
+  const int64_t between_ignored = CopiesBetweenNodes(old, ignored->placement, shape);
+  const int64_t between_weighed = CopiesBetweenNodes(old, weighed->placement, shape);
+  std::printf(
+      "between nodes: %lld copies ignoring nodes, %lld weighing them; slots changed %lld "
+      "and %lld\n",
+      static_cast<long long>(between_ignored), static_cast<long long>(between_weighed),
+      static_cast<long long>(SlotsChanged(old, ignored->placement)),
+      static_cast<long long>(SlotsChanged(old, weighed->placement)));
+  EXPECT_LE(between_weighed * 2, between_ignored);
+  EXPECT_GE(MeanBalancedness(b, weighed->placement), 0.97);
+  EXPECT_GE(MeanBalancedness(b, ignored->placement), 0.97);
+}
+
 TEST(SwiftTest, RejectsBadInputAndOptions) {
   LoadMatrix load(2, 8);
   const Shape shape{.layers = 2, .experts = 8, .ranks = 4, .slots_per_rank = 3};
@@ -239,6 +296,10 @@ TEST(SwiftTest, RejectsBadInputAndOptions) {
             "swift: skip_balancedness must be in (0, 1], got 0");
   EXPECT_EQ(bad_option([](AlgorithmOptions& o) { o.min_gain_per_change = -1; }),
             "swift: min_gain_per_change must be a finite number >= 0, got -1");
+  EXPECT_EQ(bad_option([](AlgorithmOptions& o) { o.inter_node_cost = 0.5; }),
+            "swift: inter_node_cost must be a finite number >= 1, got 0.5");
+  EXPECT_EQ(bad_option([](AlgorithmOptions& o) { o.inter_node_cost = NAN; }),
+            "swift: inter_node_cost must be a finite number >= 1, got nan");
   EXPECT_EQ(bad_option([](AlgorithmOptions& o) { o.max_changes_per_cycle = -2; }),
             "swift: change caps must be >= 0, or -1 for no cap, got -1 per layer and -2 per cycle");
   EXPECT_TRUE(MakeBalancer("deepseek", AlgorithmOptions{.target_balancedness = 1.5}).ok())
@@ -316,6 +377,39 @@ TEST_F(SwiftRealDataTest, RecoversFromAWorkloadShiftMovingFewExperts) {
                 after, 100 * changed);
     EXPECT_GE(after, 0.97) << from << " -> " << to;
     EXPECT_LE(changed, 0.15) << from << " -> " << to;
+  }
+}
+
+TEST_F(SwiftRealDataTest, OnEightNodesFewCopiesCrossNodes) {
+  // 64 ranks in 8 nodes: ignoring nodes, most copies cross them (7 of 8 partners are elsewhere);
+  // weighing them (the default), few do, for a few more slots changed.
+  const Shape shape{.layers = 58, .experts = 256, .ranks = 64, .slots_per_rank = 5, .nodes = 8};
+  const std::pair<const char*, const char*> shifts[] = {
+      {"prefill_in512", "prefill_in4096"}, {"decode_in500out1500", "decode_in2000out100"}};
+  for (auto [from, to] : shifts) {
+    const LoadMatrix a = Load(from);
+    const LoadMatrix b = Load(to);
+    auto pa = RunSwift(a, shape);
+    ASSERT_TRUE(pa.ok());
+    auto ignored = RunSwift(b, shape, &pa->placement, {.inter_node_cost = 1});
+    auto weighed = RunSwift(b, shape, &pa->placement);
+    ASSERT_TRUE(ignored.ok() && weighed.ok());
+    const double slots = 58.0 * shape.slots();
+    const double between_ignored =
+        CopiesBetweenNodes(pa->placement, ignored->placement, shape) / slots;
+    const double between_weighed =
+        CopiesBetweenNodes(pa->placement, weighed->placement, shape) / slots;
+    const double changed_ignored = SlotsChanged(pa->placement, ignored->placement) / slots;
+    const double changed_weighed = SlotsChanged(pa->placement, weighed->placement) / slots;
+    const double after = MeanBalancedness(b, weighed->placement);
+    std::printf(
+        "8 nodes, %s -> %s: %.4f; between nodes %.2f%% of slots (ignoring nodes %.2f%%), "
+        "changed %.2f%% (%.2f%%)\n",
+        from, to, after, 100 * between_weighed, 100 * between_ignored, 100 * changed_weighed,
+        100 * changed_ignored);
+    EXPECT_GE(after, 0.97) << from << " -> " << to;
+    EXPECT_LE(between_weighed, 0.4 * between_ignored) << from << " -> " << to;
+    EXPECT_LE(changed_weighed, 1.3 * changed_ignored) << from << " -> " << to;
   }
 }
 

@@ -280,6 +280,8 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError("plan --generate --experts 8 --nodes 3" + shape, "divide the 4 ranks", out);
   ExpectError("plan --generate --experts 8 --target-balancedness 0" + shape,
               "eplb plan: swift: target_balancedness must be in (0, 1], got 0", out);
+  ExpectError("plan --generate --experts 8 --inter-node-cost 0.5" + shape,
+              "eplb plan: swift: inter_node_cost must be a finite number >= 1, got 0.5", out);
   ExpectError(
       "plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --out " + out + " --report " + out,
       "named for two outputs", out);
