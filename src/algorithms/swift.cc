@@ -26,6 +26,10 @@
 // the peak for the other ranks) is searched again from its placement with targets lowered in steps
 // of kRetryStep, keeping the most balanced result.
 //
+// On several nodes, a change whose expert no rank of its node held originally weighs
+// inter_node_cost changes in a step's value (its weights must cross nodes), and a source's swaps
+// also try the lightest kLocalPartners ranks of its own node.
+//
 // Without a current placement, a fresh placement is built: replicas to the largest load per
 // replica, heaviest replica first onto the lightest rank with a free slot that lacks the expert,
 // then the most loaded rank is repeatedly relieved by the step that lowers it most.
