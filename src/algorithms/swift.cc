@@ -171,9 +171,9 @@ class LayerState {
   // or inter_node_cost when no rank of r's node held it (its weights must cross nodes).
   double Weight(int r, int e) const { return weight_of_[origin_[static_cast<size_t>(r) * E_ + e]]; }
   double MostWeight() const { return weight_of_[2]; }
-  // Whether changes are weighted by node; then the ranks of a node are [k, k + rpn_).
+  // Whether changes are weighed by node; then node k is ranks [k * rpn_, (k + 1) * rpn_).
   bool NodeAware() const { return rpn_ < R_; }
-  bool SameNode(int a, int b) const { return a / rpn_ == b / rpn_; }
+  int RanksPerNode() const { return rpn_; }
   // How many of rank r's slots hold an expert r did not hold originally (tracked mode only).
   int Arrived(int r) const { return arrived_[r]; }
   // The expert slot i held originally (tracked mode only).
@@ -271,7 +271,7 @@ class LayerState {
   bool track_ = false;
   std::vector<uint8_t> origin_;  // [rank][expert]: an index into weight_of_ (see Reset)
   std::array<double, 3> weight_of_{};
-  int rpn_ = 0;                 // ranks per node (R_ when changes are not weighted by node)
+  int rpn_ = 0;                 // ranks per node (R_ when changes are not weighed by node)
   std::vector<int> orig_slot_;  // slot_ of the original placement
   std::vector<int> arrived_;    // per rank, see Arrived()
   int changes_ = 0;
@@ -658,8 +658,11 @@ class ExcessSearch : public LayerState {
     // `partners` ranks are partners too, and come first: a swap within the node weighs less, so
     // its value, found early, lets the bounds below skip more of the others.
     locals_.clear();
+    const int rpn = RanksPerNode();
+    const unsigned first = h / rpn * rpn;  // h's node is ranks [first, first + rpn)
     for (int pi = partners; kNodes && pi < R_ && locals_.size() < kLocalPartners; ++pi) {
-      if (SameNode(order_[pi], h) && order_[pi] != h) locals_.push_back(order_[pi]);
+      const int j = order_[pi];
+      if (j - first < static_cast<unsigned>(rpn) && j != h) locals_.push_back(j);
     }
     const int n = kNodes ? static_cast<int>(locals_.size()) : 0;
     for (int s = 0; s < S_; ++s) {
@@ -694,6 +697,7 @@ class ExcessSearch : public LayerState {
           continue;
         }
         const double exc_j = Exc(lj);
+        const double x_part = kNodes ? Weight(j, x) - Weight(h, x) : 0.0;
         for (int t = 0; t < S_; ++t) {
           const int jt = j * S_ + t;
           const int y = slot_[jt];
@@ -702,8 +706,12 @@ class ExcessSearch : public LayerState {
           const double removed = exc_h - Exc(lh - px + py) - (Exc(lj + px - py) - exc_j);
           if (removed <= best.value || Holds(h, y)) continue;
           Step c{Step::kSwap, hs, y, jt, x};
+          if constexpr (kNodes) {
+            c.weight = x_part + Weight(h, y) - Weight(j, y);
+            if (c.weight > 1 && removed <= best.value * c.weight) continue;  // as Consider would
+          }
           c.cost = Changed(h, y) - Changed(h, x) + Changed(j, x) - Changed(j, y);
-          c.weight = kNodes ? Weight(h, y) - Weight(h, x) + Weight(j, x) - Weight(j, y) : c.cost;
+          if constexpr (!kNodes) c.weight = c.cost;
           Consider(best, c, removed);
         }
       }
