@@ -83,7 +83,8 @@ struct RuntimeMetrics {
   int64_t transfers_failed = 0;     // layers whose transfers failed or timed out on this rank
   int64_t slots_changed_total = 0;  // in committed layers, all ranks
   int64_t bytes_moved_total = 0;    // received by this rank in committed layers (local copies too)
-  int64_t staging_bytes_peak = 0;   // most staging memory held at once
+  int64_t inter_node_bytes_total = 0;  // of those, the bytes sent from a rank of another node
+  int64_t staging_bytes_peak = 0;      // most staging memory held at once
   bool disabled = false;  // a collective failed: rebalancing stopped for good (see Step())
   double last_balancedness_before = 1.0;    // mean over layers
   double last_balancedness_after = 1.0;     // mean over layers
@@ -93,6 +94,7 @@ struct RuntimeMetrics {
   std::vector<double> last_layer_balancedness_after;
   int64_t last_slots_changed = 0;
   int64_t last_bytes_moved = 0;
+  int64_t last_inter_node_bytes = 0;
   double last_algorithm_ms = 0;  // algorithm + transfer planning on the worker
   double last_transfer_ms = 0;   // from the start of the moves to the last commit or rollback
   double algorithm_seconds_total = 0;
@@ -106,7 +108,8 @@ struct RuntimeMetrics {
 // eplb_balancedness_before, eplb_layer_balancedness{layer}, eplb_expert_load_balance_ratio
 // (max / mean rank load), eplb_rebalance_cycles_total, eplb_rebalance_cycles_skipped_total,
 // eplb_layers_committed_total, eplb_layers_rolled_back_total, eplb_transfers_failed_total,
-// eplb_slots_changed_total, eplb_bytes_moved_total, eplb_algorithm_seconds and
+// eplb_slots_changed_total, eplb_bytes_moved_total, eplb_inter_node_bytes_total,
+// eplb_algorithm_seconds and
 // eplb_transfer_seconds (last cycle), eplb_hook_seconds_total, eplb_staging_bytes_peak,
 // eplb_disabled; each with HELP and TYPE lines.
 std::string PrometheusText(const RuntimeMetrics& m, int rank);

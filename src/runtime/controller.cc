@@ -565,7 +565,7 @@ struct Controller::Impl {
     const int64_t expert_bytes = static_cast<int64_t>(weights->expert_bytes());
     std::vector<double> before(shape.layers), after(shape.layers);
     double sum_max = 0, sum_mean = 0, proposed = 0;
-    int64_t slots_changed = 0, bytes = 0, committed = 0, rolled_back = 0;
+    int64_t slots_changed = 0, bytes = 0, inter_node = 0, committed = 0, rolled_back = 0;
     for (int l = 0; l < shape.layers; ++l) {
       const bool applied = outcome[l] == 1;
       const LayerLoad& now = applied ? p.after[l] : p.before[l];
@@ -578,7 +578,11 @@ struct Controller::Impl {
       rolled_back += outcome[l] == -1;
       if (applied) {
         slots_changed += session->plan().layers[l].slots_changed;
-        bytes += static_cast<int64_t>(session->plan().layers[l].incoming.size()) * expert_bytes;
+        const LayerMoves& moves = session->plan().layers[l];
+        bytes += static_cast<int64_t>(moves.incoming.size()) * expert_bytes;
+        for (int i : moves.incoming) {
+          inter_node += shape.NodeOf(moves.copies[i].src_rank) != shape.NodeOf(rank);
+        }
       }
     }
     Report report;
@@ -594,17 +598,22 @@ struct Controller::Impl {
       m.last_max_mean_ratio = sum_mean > 0 ? sum_max / sum_mean : 1.0;
       m.last_slots_changed = slots_changed;
       m.last_bytes_moved = bytes;
+      m.last_inter_node_bytes = inter_node * expert_bytes;
       m.slots_changed_total += slots_changed;
       m.bytes_moved_total += bytes;
+      m.inter_node_bytes_total += inter_node * expert_bytes;
       m.last_algorithm_ms = p.algorithm_ms;
       m.last_transfer_ms = transfer_ms;
       m.transfer_seconds_total += transfer_ms / 1000;
       report.line = fmt::format(
           "eplb rank {}: cycle {}: balancedness {:.4f} -> {:.4f} (proposed {:.4f}), {} layers "
-          "committed, {} rolled back, {} slots changed, {:.2f} MiB received, algorithm {:.1f} "
+          "committed, {} rolled back, {} slots changed, {:.2f} MiB received{}, algorithm {:.1f} "
           "ms, transfers {:.1f} ms",
           rank, cycle, m.last_balancedness_before, m.last_balancedness_after,
           m.last_balancedness_proposed, committed, rolled_back, slots_changed, bytes / 1048576.0,
+          shape.nodes > 1
+              ? fmt::format(" ({:.2f} MiB from other nodes)", m.last_inter_node_bytes / 1048576.0)
+              : "",
           p.algorithm_ms, transfer_ms);
       if (records && !cfg.expert_map_record_path.empty()) report.record = placement;
       reports.push_back(std::move(report));
@@ -745,6 +754,7 @@ struct Controller::Impl {
       m.last_max_mean_ratio = sum_mean > 0 ? sum_max / sum_mean : 1.0;
       m.last_slots_changed = 0;
       m.last_bytes_moved = 0;
+      m.last_inter_node_bytes = 0;
       m.last_algorithm_ms = p.algorithm_ms;
       m.last_transfer_ms = 0;
       m.algorithm_seconds_total += p.algorithm_ms / 1000;

@@ -52,6 +52,9 @@ std::string PrometheusText(const RuntimeMetrics& m, int rank) {
         m.slots_changed_total);
   count("eplb_bytes_moved_total", "Expert bytes received by this rank in committed layers.",
         m.bytes_moved_total);
+  count("eplb_inter_node_bytes_total",
+        "Expert bytes received by this rank in committed layers from a rank on another node.",
+        m.inter_node_bytes_total);
   metric("eplb_algorithm_seconds", "gauge",
          "Time the worker spent in the algorithm and the transfer planner in the last cycle.",
          m.last_algorithm_ms / 1000);

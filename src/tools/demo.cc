@@ -32,6 +32,7 @@ namespace {
 struct DemoArgs {
   EngineOptions engine;
   int ranks = 4;
+  int nodes = 1;  // the ranks are spread evenly over this many nodes (for swift and the metrics)
   int steps = 160;
   int shift_at = 80;
   std::string mode = "async";
@@ -90,8 +91,9 @@ RankOutcome RunRank(const DemoArgs& a, const RuntimeConfig& cfg, Communicator* e
                   .ranks = a.ranks,
                   .slots_per_rank = (a.engine.experts + cfg.num_redundant_experts) / a.ranks}));
   } else {
-    auto ctl = Controller::Create(cfg, {.layers = a.engine.layers, .experts = a.engine.experts},
-                                  control_comm);
+    auto ctl = Controller::Create(
+        cfg, {.layers = a.engine.layers, .experts = a.engine.experts, .nodes = a.nodes},
+        control_comm);
     if (!ctl.ok()) {
       out.error = ctl.status().message();
       return out;
@@ -199,6 +201,9 @@ int RunDemo(const DemoArgs& a) {
   }
   if (a.comm != "inproc" && a.comm != "mpi") {
     return Fail(cmd, Status::Invalid("--comm: expected inproc or mpi, got " + a.comm));
+  }
+  if (a.mode == "off" && a.nodes != 1) {
+    return Fail(cmd, Status::Invalid("--nodes applies to --eplb sync or async only"));
   }
   if (Status s = ValidateEngineOptions(a.engine); !s.ok()) return Fail(cmd, s);
   // The runtime configuration: the demo's defaults, then --eplb-config on top.
@@ -321,6 +326,7 @@ int RunDemo(const DemoArgs& a) {
       {"mode", a.mode},
       {"comm", a.comm},
       {"ranks", a.ranks},
+      {"nodes", a.nodes},
       {"layers", a.engine.layers},
       {"experts", a.engine.experts},
       {"top_k", a.engine.top_k},
@@ -348,6 +354,7 @@ int RunDemo(const DemoArgs& a) {
                                               rows.size(), &StepRow::critical_path_ms)},
       {"slots_changed", m.slots_changed_total},
       {"bytes_moved", m.bytes_moved_total},
+      {"inter_node_bytes", m.inter_node_bytes_total},
   };
   std::string csv = "step,epoch,balancedness,step_ms,critical_path_ms,cycle_in_progress\n";
   for (const StepRow& row : rows) {
@@ -364,8 +371,12 @@ int RunDemo(const DemoArgs& a) {
       a.ranks, a.comm, a.engine.layers, a.engine.experts, a.engine.top_k, a.engine.hidden,
       a.engine.ffn, a.engine.tokens, a.steps, a.shift_at);
   fmt::print(
-      "balancing   {}: {} rebalances, {} layers committed, {} rolled back, {} slots changed\n",
-      a.mode, m.cycles, m.layers_committed, m.layers_rolled_back, m.slots_changed_total);
+      "balancing   {}: {} rebalances, {} layers committed, {} rolled back, {} slots changed{}\n",
+      a.mode, m.cycles, m.layers_committed, m.layers_rolled_back, m.slots_changed_total,
+      a.nodes > 1
+          ? fmt::format(" (rank 0: {:.2f} of {:.2f} MiB received from other nodes)",
+                        m.inter_node_bytes_total / 1048576.0, m.bytes_moved_total / 1048576.0)
+          : "");
   fmt::print("outputs     {} (max relative difference {:.2e} vs the dense reference)\n",
              a.verify ? (max_diff <= 1e-5 ? "match" : "DIFFER") : "not verified", max_diff);
   fmt::print("balance     {:.3f} (first window) -> {:.3f} (last window)\n",
@@ -397,6 +408,9 @@ Action AddDemo(CLI::App& app) {
   a->engine.tokens = 128;
   a->engine.skew = 1.5;
   app.add_option("--ranks", a->ranks, "ranks")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--nodes", a->nodes, "nodes the ranks are spread over (rank / (ranks / nodes))")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   app.add_option("--layers", a->engine.layers, "MoE layers")->capture_default_str();
   app.add_option("--experts", a->engine.experts, "experts per layer")->capture_default_str();
   app.add_option("--top-k", a->engine.top_k, "experts per token")->capture_default_str();

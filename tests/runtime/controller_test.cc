@@ -185,6 +185,7 @@ struct WorldOptions {
   int leaving_rank = -1;       // this rank destroys its controller and communicator ...
   int leave_at = 0;            // ... at this step
   int wait_worker_cycles = 0;  // after the steps, wait for the worker to finish this many cycles
+  int nodes = 1;
 };
 
 struct RankResult {
@@ -208,8 +209,8 @@ std::vector<RankResult> RunWorld(const WorldOptions& o) {
       RankResult& res = out[r];
       auto comm = std::make_unique<TestComm>(world[r].get(), o.max_delay);
       if (o.setup) o.setup(*comm);
-      auto created =
-          Controller::Create(o.config, {.layers = o.layers, .experts = o.experts}, comm.get());
+      auto created = Controller::Create(
+          o.config, {.layers = o.layers, .experts = o.experts, .nodes = o.nodes}, comm.get());
       if (!created.ok()) {
         res.violation = "Create: " + created.status().ToString();
         if (o.lockstep) sync.arrive_and_drop();
@@ -335,6 +336,34 @@ TEST_P(ControllerWorldTest, ManyCyclesMoveExactBytesAndCommitTogether) {
     EXPECT_GE(m.last_balancedness_after, 0.0);
     EXPECT_LE(m.last_balancedness_after, 1.0);
   }
+}
+
+// Bytes from other nodes: none on one node; all of them when every rank is a node of its own
+// (slots keep their experts, so no copy is local); some on 2 nodes of 2 ranks.
+TEST(ControllerTest, BytesFromOtherNodesAreCounted) {
+  std::map<int, int64_t> between, moved;  // per node count, summed over ranks
+  for (int nodes : {1, 2, 4}) {
+    SCOPED_TRACE("nodes " + std::to_string(nodes));
+    WorldOptions o;
+    o.ranks = 4;
+    o.nodes = nodes;
+    o.config = DynamicConfig(8);
+    o.steps = 200;
+    o.min_cycles = 6;
+    const auto res = RunWorld(o);
+    ExpectAgreement(res);
+    for (const RankResult& r : res) {
+      between[nodes] += r.metrics.inter_node_bytes_total;
+      moved[nodes] += r.metrics.bytes_moved_total;
+      EXPECT_LE(r.metrics.inter_node_bytes_total, r.metrics.bytes_moved_total);
+      EXPECT_LE(r.metrics.last_inter_node_bytes, r.metrics.last_bytes_moved);
+    }
+    EXPECT_GT(moved[nodes], 0);
+  }
+  EXPECT_EQ(between[1], 0);
+  EXPECT_GT(between[2], 0);
+  EXPECT_LT(between[2], moved[2]);
+  EXPECT_EQ(between[4], moved[4]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, ControllerWorldTest, ::testing::Values(4, 8),
@@ -661,8 +690,9 @@ TEST(ControllerTest, PrometheusTextNamesEveryMetric) {
   const std::string text = PrometheusText(m, 2);
   for (const char* name :
        {"eplb_balancedness", "eplb_expert_load_balance_ratio", "eplb_rebalance_cycles_total",
-        "eplb_slots_changed_total", "eplb_bytes_moved_total", "eplb_algorithm_seconds",
-        "eplb_transfer_seconds", "eplb_layers_rolled_back_total", "eplb_hook_seconds_total"}) {
+        "eplb_slots_changed_total", "eplb_bytes_moved_total", "eplb_inter_node_bytes_total",
+        "eplb_algorithm_seconds", "eplb_transfer_seconds", "eplb_layers_rolled_back_total",
+        "eplb_hook_seconds_total"}) {
     EXPECT_NE(text.find(std::string("# TYPE ") + name + " "), std::string::npos) << name;
     EXPECT_NE(text.find(std::string("# HELP ") + name + " "), std::string::npos) << name;
   }
