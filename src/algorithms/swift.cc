@@ -657,14 +657,17 @@ class ExcessSearch : public LayerState {
     // Weighing changes by node, the lightest kLocalPartners ranks of h's node after the lightest
     // `partners` ranks are partners too, and come first: a swap within the node weighs less, so
     // its value, found early, lets the bounds below skip more of the others.
-    locals_.clear();
-    const int rpn = RanksPerNode();
-    const unsigned first = h / rpn * rpn;  // h's node is ranks [first, first + rpn)
-    for (int pi = partners; kNodes && pi < R_ && locals_.size() < kLocalPartners; ++pi) {
-      const int j = order_[pi];
-      if (j - first < static_cast<unsigned>(rpn) && j != h) locals_.push_back(j);
+    int n = 0;  // locals_ in use
+    if constexpr (kNodes) {
+      locals_.clear();
+      const int rpn = RanksPerNode();
+      const unsigned first = h / rpn * rpn;  // h's node is ranks [first, first + rpn)
+      for (int pi = partners; pi < R_ && locals_.size() < kLocalPartners; ++pi) {
+        const int j = order_[pi];
+        if (j - first < static_cast<unsigned>(rpn) && j != h) locals_.push_back(j);
+      }
+      n = static_cast<int>(locals_.size());
     }
-    const int n = kNodes ? static_cast<int>(locals_.size()) : 0;
     for (int s = 0; s < S_; ++s) {
       const int hs = h * S_ + s;
       const int x = slot_[hs];
@@ -686,7 +689,8 @@ class ExcessSearch : public LayerState {
         // The swap's weight is at least x's part plus, when nothing has arrived on j (so every y
         // there is original) and j holds nothing h held originally, 1 for y on h. Skip j when
         // that leaves no chance to beat best. (Like the break above, this ignores candidates that
-        // beat the bound by rounding alone.) Unweighted, that is: x's part is 1 and the rest holds.
+        // beat the bound by rounding alone.) Unweighted, the least weight is 2 exactly when, on
+        // top of that, x is new on j and was on h originally.
         if constexpr (kNodes) {
           if (bound <= best.value * (1 + MostWeight()) && !Arrived(j)) {
             const double least = Weight(j, x) - Weight(h, x) + (back_[j] != back_stamp_ ? 1 : 0);
