@@ -37,8 +37,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   shape.experts = in.Int(1, shape.ranks * shape.slots_per_rank);
   shape.nodes = in.Int(1, shape.ranks);
   shape.groups = in.Int(1, shape.experts);
-  const bool swift = in.Byte() % 2 == 0;
+  const uint8_t pick = in.Byte();
+  const bool swift = pick % 2 == 0;
   eplb::AlgorithmOptions options;
+  options.inter_node_cost = 1 + pick / 2 % 4 * 0.5;  // 1, 1.5, 2 or 2.5
   options.target_balancedness = 0.5 + in.Byte() / 510.0;
   options.skip_balancedness = 0.5 + in.Byte() / 510.0;
   options.max_changes_per_layer = in.Int(-1, 20);
