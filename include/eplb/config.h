@@ -27,7 +27,9 @@ struct RuntimeConfig {
   int transfer_timeout_ms = 10000;     // a layer's transfers past this roll back (> 0)
   int balancer_threads = 1;            // threads the worker's balancer may use, 1 to 256
   AlgorithmOptions algorithm_options;  // derived (BalancerOptions): skip_balancedness =
-                                       // imbalance_threshold, threads = balancer_threads
+                                       // imbalance_threshold, threads = balancer_threads; the keys
+                                       // target_balancedness, max_changes_per_layer,
+                                       // max_changes_per_cycle and inter_node_cost set its fields
 };
 
 // config.algorithm_options with the fields the runtime keys name taken from those keys: what the

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <limits>
@@ -95,10 +96,30 @@ class Reader {
 
   // An integer in [lo, hi]; hi is the int range unless a key says otherwise.
   Status Int(const std::string& key, const json& v, int64_t lo, int* out) const {
+    int64_t wide = 0;
+    EPLB_RETURN_IF_ERROR(Int64(key, v, lo, kIntMax, &wide));
+    *out = static_cast<int>(wide);
+    return Status::Ok();
+  }
+  Status Int64(const std::string& key, const json& v, int64_t lo, int64_t hi, int64_t* out) const {
     const std::optional<int64_t> i = AsInteger(v);
     if (!i || *i < lo) return Bad(key, fmt::format("an integer >= {}", lo), v);
-    if (*i > kIntMax) return Bad(key, fmt::format("an integer in [{}, {}]", lo, kIntMax), v);
-    *out = static_cast<int>(*i);
+    // AsInteger saturates: an unsigned value past the int64 range is past hi too.
+    const bool past =
+        v.is_number_unsigned() &&
+        v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+    if (*i > hi || past) return Bad(key, fmt::format("an integer in [{}, {}]", lo, hi), v);
+    *out = *i;
+    return Status::Ok();
+  }
+
+  // A finite number >= lo.
+  Status NumberAtLeast(const std::string& key, const json& v, double lo, double* out) const {
+    const std::string expected = fmt::format("a number >= {}", lo);
+    if (!v.is_number()) return Bad(key, expected, v);
+    const double d = v.get<double>();
+    if (!(d >= lo) || !std::isfinite(d)) return Bad(key, expected, v);
+    *out = d;
     return Status::Ok();
   }
 
@@ -187,6 +208,24 @@ const std::vector<Key>& Keys() {
          }
          c.balancer_threads = static_cast<int>(*i);
          return Status::Ok();
+       }},
+      // swift's own options, read into algorithm_options.
+      {"target_balancedness",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.NumberAboveAtMost(k, v, 0.0, 1.0, &c.algorithm_options.target_balancedness);
+       }},
+      {"max_changes_per_layer",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.Int(k, v, -1, &c.algorithm_options.max_changes_per_layer);
+       }},
+      {"max_changes_per_cycle",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.Int64(k, v, -1, std::numeric_limits<int64_t>::max(),
+                        &c.algorithm_options.max_changes_per_cycle);
+       }},
+      {"inter_node_cost",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         return r.NumberAtLeast(k, v, 1.0, &c.algorithm_options.inter_node_cost);
        }},
   };
   return keys;
@@ -368,6 +407,10 @@ std::string RuntimeConfigToJson(const RuntimeConfig& config) {
   keys["imbalance_threshold"] = config.imbalance_threshold;
   keys["transfer_timeout_ms"] = config.transfer_timeout_ms;
   keys["balancer_threads"] = config.balancer_threads;
+  keys["target_balancedness"] = config.algorithm_options.target_balancedness;
+  keys["max_changes_per_layer"] = config.algorithm_options.max_changes_per_layer;
+  keys["max_changes_per_cycle"] = config.algorithm_options.max_changes_per_cycle;
+  keys["inter_node_cost"] = config.algorithm_options.inter_node_cost;
   nlohmann::ordered_json doc;
   doc[std::string(kWrapper)] = std::move(keys);
   // A path that is not valid UTF-8 is written with U+FFFD rather than throwing.

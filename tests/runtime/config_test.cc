@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -49,6 +50,7 @@ void ExpectSameConfig(const RuntimeConfig& a, const RuntimeConfig& b) {
   EXPECT_EQ(a.algorithm_options.max_changes_per_layer, b.algorithm_options.max_changes_per_layer);
   EXPECT_EQ(a.algorithm_options.max_changes_per_cycle, b.algorithm_options.max_changes_per_cycle);
   EXPECT_EQ(a.algorithm_options.min_gain_per_change, b.algorithm_options.min_gain_per_change);
+  EXPECT_EQ(a.algorithm_options.inter_node_cost, b.algorithm_options.inter_node_cost);
 }
 
 const std::vector<std::string> kKeys = {"dynamic_eplb",
@@ -61,13 +63,18 @@ const std::vector<std::string> kKeys = {"dynamic_eplb",
                                         "max_layers_in_flight",
                                         "imbalance_threshold",
                                         "transfer_timeout_ms",
-                                        "balancer_threads"};
+                                        "balancer_threads",
+                                        "target_balancedness",
+                                        "max_changes_per_layer",
+                                        "max_changes_per_cycle",
+                                        "inter_node_cost"};
 
 constexpr char kEveryKey[] = R"({"dynamic_eplb": true, "expert_heat_collection_interval": 10,
     "algorithm_execution_interval": 3, "num_redundant_experts": 64,
     "expert_map_path": "a.json", "expert_map_record_path": "b.json", "algorithm": "deepseek",
     "max_layers_in_flight": 2, "imbalance_threshold": 0.95, "transfer_timeout_ms": 500,
-    "balancer_threads": 3})";
+    "balancer_threads": 3, "target_balancedness": 0.98, "max_changes_per_layer": 7,
+    "max_changes_per_cycle": 4294967296, "inter_node_cost": 1.5})";
 
 void ExpectEveryKey(const RuntimeConfig& c) {
   EXPECT_TRUE(c.dynamic_eplb);
@@ -83,6 +90,10 @@ void ExpectEveryKey(const RuntimeConfig& c) {
   EXPECT_EQ(c.transfer_timeout_ms, 500);
   EXPECT_EQ(c.balancer_threads, 3);
   EXPECT_EQ(c.algorithm_options.threads, 3);
+  EXPECT_EQ(c.algorithm_options.target_balancedness, 0.98);
+  EXPECT_EQ(c.algorithm_options.max_changes_per_layer, 7);
+  EXPECT_EQ(c.algorithm_options.max_changes_per_cycle, int64_t{1} << 32);
+  EXPECT_EQ(c.algorithm_options.inter_node_cost, 1.5);
 }
 
 TEST(ConfigParseTest, EmptyObjectGivesTheDocumentedDefaults) {
@@ -208,7 +219,17 @@ INSTANTIATE_TEST_SUITE_P(
                  "\"10\""},
         BadValue{R"({"transfer_timeout_ms": false})",
                  "cfg.json: eplb_config.transfer_timeout_ms: expected an integer >= 1, got "
-                 "false"}));
+                 "false"},
+        BadValue{
+            R"({"target_balancedness": "0.97"})",
+            R"(cfg.json: eplb_config.target_balancedness: expected a number in (0, 1], got "0.97")"},
+        BadValue{R"({"max_changes_per_layer": 2.5})",
+                 "cfg.json: eplb_config.max_changes_per_layer: expected an integer >= -1, got 2.5"},
+        BadValue{R"({"max_changes_per_cycle": null})",
+                 "cfg.json: eplb_config.max_changes_per_cycle: expected an integer >= -1, got "
+                 "null"},
+        BadValue{R"({"inter_node_cost": "2"})",
+                 "cfg.json: eplb_config.inter_node_cost: expected a number >= 1, got \"2\""}));
 
 INSTANTIATE_TEST_SUITE_P(
     OutOfRange, ConfigBadValueTest,
@@ -251,7 +272,23 @@ INSTANTIATE_TEST_SUITE_P(
                  "257"},
         BadValue{R"({"balancer_threads": 2.5})",
                  "cfg.json: eplb_config.balancer_threads: expected an integer in [1, 256], got "
-                 "2.5"}));
+                 "2.5"},
+        BadValue{R"({"target_balancedness": 0})",
+                 "cfg.json: eplb_config.target_balancedness: expected a number in (0, 1], got 0"},
+        BadValue{R"({"max_changes_per_layer": -2})",
+                 "cfg.json: eplb_config.max_changes_per_layer: expected an integer >= -1, got -2"},
+        BadValue{R"({"max_changes_per_layer": 2147483648})",
+                 "cfg.json: eplb_config.max_changes_per_layer: expected an integer in [-1, "
+                 "2147483647], got 2147483648"},
+        BadValue{R"({"max_changes_per_cycle": -5})",
+                 "cfg.json: eplb_config.max_changes_per_cycle: expected an integer >= -1, got -5"},
+        BadValue{R"({"max_changes_per_cycle": 18446744073709551615})",
+                 "cfg.json: eplb_config.max_changes_per_cycle: expected an integer in [-1, "
+                 "9223372036854775807], got 18446744073709551615"},
+        BadValue{R"({"inter_node_cost": 0.5})",
+                 "cfg.json: eplb_config.inter_node_cost: expected a number >= 1, got 0.5"},
+        BadValue{R"({"inter_node_cost": -2})",
+                 "cfg.json: eplb_config.inter_node_cost: expected a number >= 1, got -2"}));
 
 TEST(ConfigParseTest, EveryKeyHasATypeError) {
   // An array is the wrong type for every key.
@@ -274,7 +311,8 @@ TEST(ConfigParseTest, UnknownKeySuggestsTheNearestKnownKey) {
             "known keys: dynamic_eplb, expert_heat_collection_interval, "
             "algorithm_execution_interval, num_redundant_experts, expert_map_path, "
             "expert_map_record_path, algorithm, max_layers_in_flight, imbalance_threshold, "
-            "transfer_timeout_ms, balancer_threads");
+            "transfer_timeout_ms, balancer_threads, target_balancedness, max_changes_per_layer, "
+            "max_changes_per_cycle, inter_node_cost");
   EXPECT_NE(ErrorOf(R"({"eplb_config": {"num_redundant_expert": 4}})")
                 .find("eplb_config.num_redundant_expert: unknown key (did you mean "
                       "\"num_redundant_experts\"?)"),
@@ -402,6 +440,9 @@ TEST(ConfigJsonTest, RoundTripsDefaultsAndEveryKey) {
   odd.expert_map_path = "/tmp/dir with spaces/\"quoted\"\\map.json";
   odd.num_redundant_experts = 2147483647;
   odd.algorithm_options.skip_balancedness = odd.imbalance_threshold;
+  odd.algorithm_options.target_balancedness = 0.1 + 0.7;
+  odd.algorithm_options.inter_node_cost = 1.0 / 3 + 1;
+  odd.algorithm_options.max_changes_per_cycle = std::numeric_limits<int64_t>::max();
   for (const RuntimeConfig& c : {RuntimeConfig{}, *every, odd}) {
     StatusOr<RuntimeConfig> again = ParseRuntimeConfig(RuntimeConfigToJson(c), "again");
     ASSERT_TRUE(again.ok()) << again.status().message();

@@ -366,6 +366,29 @@ TEST(ControllerTest, BytesFromOtherNodesAreCounted) {
   EXPECT_EQ(between[4], moved[4]);
 }
 
+// swift's options from the JSON configuration reach the worker's balancer: a cap of 3 slots per
+// cycle holds in every cycle.
+TEST(ControllerTest, ChangeCapFromTheConfigurationHolds) {
+  WorldOptions o;
+  o.ranks = 4;
+  auto parsed = ParseRuntimeConfig(
+      R"({"dynamic_eplb": true, "expert_heat_collection_interval": 12,
+          "algorithm_execution_interval": 2, "num_redundant_experts": 8,
+          "max_layers_in_flight": 2, "transfer_timeout_ms": 20000,
+          "target_balancedness": 0.99, "max_changes_per_cycle": 3})",
+      "cfg");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+  o.config = *parsed;
+  o.steps = 200;
+  o.min_cycles = 8;
+  const auto res = RunWorld(o);
+  ExpectAgreement(res);
+  const RuntimeMetrics& m = res[0].metrics;
+  EXPECT_GE(m.cycles, 8);
+  EXPECT_GT(m.slots_changed_total, 0);
+  EXPECT_LE(m.slots_changed_total, 3 * m.cycles);
+}
+
 INSTANTIATE_TEST_SUITE_P(Ranks, ControllerWorldTest, ::testing::Values(4, 8),
                          [](const auto& info) { return "ranks" + std::to_string(info.param); });
 
