@@ -109,9 +109,8 @@ struct RuntimeMetrics {
 // (max / mean rank load), eplb_rebalance_cycles_total, eplb_rebalance_cycles_skipped_total,
 // eplb_layers_committed_total, eplb_layers_rolled_back_total, eplb_transfers_failed_total,
 // eplb_slots_changed_total, eplb_bytes_moved_total, eplb_inter_node_bytes_total,
-// eplb_algorithm_seconds and
-// eplb_transfer_seconds (last cycle), eplb_hook_seconds_total, eplb_staging_bytes_peak,
-// eplb_disabled; each with HELP and TYPE lines.
+// eplb_algorithm_seconds and eplb_transfer_seconds (last cycle), eplb_hook_seconds_total,
+// eplb_staging_bytes_peak, eplb_disabled; each with HELP and TYPE lines.
 std::string PrometheusText(const RuntimeMetrics& m, int rank);
 
 // One controller per rank.
