@@ -30,7 +30,7 @@ struct AlgorithmOptions {
   // slot's node holds in the current placement (so its weights must cross nodes) weighs this many
   // changes when steps are compared, and swaps also try the lightest ranks of the source rank's
   // own node. 1 ignores nodes. At 64 ranks x 5 slots on 8 nodes the default copies about 70%
-  // fewer experts between nodes for about 17% more slots changed (README). Caps count slots.
+  // fewer experts between nodes for about 16% more slots changed (README). Caps count slots.
   double inter_node_cost = 2.0;
   // swift, incremental: at most this many slots change per layer per call (-1: no cap).
   int max_changes_per_layer = -1;
