@@ -115,8 +115,20 @@ int RunPlan(const PlanArgs& a) {
       plan ? *std::max_element(plan->bytes_received.begin(), plan->bytes_received.end())
            : static_cast<int64_t>(shape.layers) * shape.slots_per_rank * a.expert_bytes;
 
+  // The options the algorithm ran with (swift's; deepseek has none), so a report reproduces.
+  nlohmann::json options = nlohmann::json::object();
+  if (a.algorithm == "swift") {
+    options = {{"target_balancedness", a.options.target_balancedness},
+               {"skip_balancedness", a.options.skip_balancedness},
+               {"min_gain_per_change", a.options.min_gain_per_change},
+               {"max_changes_per_layer", a.options.max_changes_per_layer},
+               {"max_changes_per_cycle", a.options.max_changes_per_cycle},
+               {"inter_node_cost", a.options.inter_node_cost},
+               {"threads", a.options.threads}};
+  }
   const nlohmann::json report = {
       {"algorithm", a.algorithm},
+      {"options", options},
       {"load", input->source},
       {"layers", shape.layers},
       {"experts", shape.experts},

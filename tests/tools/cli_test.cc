@@ -86,9 +86,12 @@ TEST_F(CliTest, PlanWritesMapAndReportWithEveryKey) {
   for (const char* key : {"algorithm", "layers", "ranks", "slots_per_rank", "balancedness_before",
                           "balancedness_after", "balancedness_upper_bound", "slots_changed",
                           "slots_total", "bytes_moved", "compute_ms", "dense_rows", "repairs",
-                          "skipped_layers", "per_layer_balancedness_after"}) {
+                          "skipped_layers", "per_layer_balancedness_after", "options"}) {
     EXPECT_TRUE(report.contains(key)) << key;
   }
+  EXPECT_EQ(report["options"]["target_balancedness"], 0.97);
+  EXPECT_EQ(report["options"]["inter_node_cost"], 2.0);
+  EXPECT_EQ(report["options"]["max_changes_per_cycle"], -1);
   EXPECT_EQ(report["layers"], 3);
   EXPECT_EQ(report["slots_total"], 3 * 12);
   EXPECT_EQ(report["dense_rows"], nlohmann::json::array({0}));
