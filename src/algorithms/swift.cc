@@ -414,6 +414,7 @@ class ExcessSearch : public LayerState {
     hot_stamp_ = 0;
     applies_ = 0;
     refreshed_.assign(E_, 0);
+    donor_cost_.assign(static_cast<size_t>(R_) * S_, kNotDonor);
     for (int e = 0; e < E_; ++e) Refresh(e);
     for (int round = 1; round <= max_rounds; ++round) {
       Prepare();
@@ -463,6 +464,8 @@ class ExcessSearch : public LayerState {
       best_slots_ = slot_;
     }
   }
+  // Refreshes e's gain, loss and the donor costs of its slots; these depend only on the loads of
+  // e's holders and its replica count, so ApplyStep refreshes every expert of a changed rank.
   void Refresh(int e) {
     gain_add_[e] = GainAdd(e);
     double loss = 0;
@@ -470,6 +473,11 @@ class ExcessSearch : public LayerState {
       for (int r : Holders(e)) loss += RemoveTerm(e, r);
     }
     loss_remove_[e] = loss;
+    for (int r : Holders(e)) {
+      const int* slots = &slot_[r * S_];
+      const int t = static_cast<int>(std::find(slots, slots + S_, e) - slots);
+      donor_cost_[r * S_ + t] = count_[e] >= 2 ? loss - RemoveTerm(e, r) : kNotDonor;
+    }
   }
   // Excess removed from the holders of e when e gains a replica (-1 when it cannot).
   double GainAdd(int e) const {
@@ -570,9 +578,7 @@ class ExcessSearch : public LayerState {
       if (donor_ranks_ < R_) {
         const int r = order_[donor_ranks_++];
         for (int t = 0; t < S_; ++t) {
-          const int y = slot_[r * S_ + t];
-          if (count_[y] < 2) continue;
-          const double cost = loss_remove_[y] - RemoveTerm(y, r);
+          const double cost = donor_cost_[r * S_ + t];  // kNotDonor fails both tests
           if (cost <= 0) {
             donors_.push_back(MakeKey(cost, r * S_ + t));
           } else if (cost < donor_limit_) {
@@ -790,6 +796,10 @@ class ExcessSearch : public LayerState {
   std::vector<int> overloaded_;
   std::vector<int> locals_;  // BestFrom's partners on the source's node
   std::vector<double> gain_add_, loss_remove_;
+  // Per slot, what giving up its replica costs the expert's other holders in excess (Refresh);
+  // kNotDonor where the expert has no replica to spare.
+  static constexpr double kNotDonor = std::numeric_limits<double>::infinity();
+  std::vector<double> donor_cost_;
   std::vector<Key> donors_;      // (cost, slot), cheapest first
   std::vector<Key> donor_heap_;  // the donors not yet sorted into donors_
   int donor_ranks_ = 0;          // how many ranks of order_ Donor() has listed
