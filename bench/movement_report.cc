@@ -71,25 +71,25 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows;
   rows.push_back({"deepseek (recompute)", "deepseek", {}});
-  for (double cost : {1.0, 1.5, 2.0, 3.0}) {
-    if (!nodes) break;
-    AlgorithmOptions o;
-    o.inter_node_cost = cost;
-    rows.push_back({fmt::format("swift, target 0.97, inter_node_cost {}", cost), "swift", o});
-  }
-  for (double target : {0.97, 0.98, 0.99}) {
-    if (nodes) break;
-    AlgorithmOptions o;
-    o.target_balancedness = target;
-    rows.push_back({fmt::format("swift, target {:.2f}", target), "swift", o});
-  }
-  for (double cap : {0.025, 0.05, 0.10, 0.20}) {
-    if (nodes) break;
-    AlgorithmOptions o;
-    o.target_balancedness = 0.99;
-    o.max_changes_per_cycle = static_cast<int64_t>(cap * total_slots);
-    rows.push_back(
-        {fmt::format("swift, target 0.99, cap {:.1f}% of slots", 100 * cap), "swift", o});
+  if (nodes) {
+    for (double cost : {1.0, 1.5, 2.0, 3.0}) {
+      AlgorithmOptions o;
+      o.inter_node_cost = cost;
+      rows.push_back({fmt::format("swift, target 0.97, inter_node_cost {}", cost), "swift", o});
+    }
+  } else {
+    for (double target : {0.97, 0.98, 0.99}) {
+      AlgorithmOptions o;
+      o.target_balancedness = target;
+      rows.push_back({fmt::format("swift, target {:.2f}", target), "swift", o});
+    }
+    for (double cap : {0.025, 0.05, 0.10, 0.20}) {
+      AlgorithmOptions o;
+      o.target_balancedness = 0.99;
+      o.max_changes_per_cycle = static_cast<int64_t>(cap * total_slots);
+      rows.push_back(
+          {fmt::format("swift, target 0.99, cap {:.1f}% of slots", 100 * cap), "swift", o});
+    }
   }
 
   fmt::print(

@@ -415,6 +415,7 @@ class ExcessSearch : public LayerState {
     applies_ = 0;
     refreshed_.assign(E_, 0);
     donor_cost_.assign(static_cast<size_t>(R_) * S_, kNotDonor);
+    terms_.resize(R_);
     for (int e = 0; e < E_; ++e) Refresh(e);
     for (int round = 1; round <= max_rounds; ++round) {
       Prepare();
@@ -468,15 +469,18 @@ class ExcessSearch : public LayerState {
   // e's holders and its replica count, so ApplyStep refreshes every expert of a changed rank.
   void Refresh(int e) {
     gain_add_[e] = GainAdd(e);
+    const std::span<const int> holders = Holders(e);
+    const bool spare = count_[e] >= 2;
     double loss = 0;
-    if (count_[e] >= 2) {
-      for (int r : Holders(e)) loss += RemoveTerm(e, r);
+    for (size_t k = 0; spare && k < holders.size(); ++k) {
+      terms_[k] = RemoveTerm(e, holders[k]);
+      loss += terms_[k];
     }
     loss_remove_[e] = loss;
-    for (int r : Holders(e)) {
-      const int* slots = &slot_[r * S_];
+    for (size_t k = 0; k < holders.size(); ++k) {
+      const int* slots = &slot_[holders[k] * S_];
       const int t = static_cast<int>(std::find(slots, slots + S_, e) - slots);
-      donor_cost_[r * S_ + t] = count_[e] >= 2 ? loss - RemoveTerm(e, r) : kNotDonor;
+      donor_cost_[holders[k] * S_ + t] = spare ? loss - terms_[k] : kNotDonor;
     }
   }
   // Excess removed from the holders of e when e gains a replica (-1 when it cannot).
@@ -800,6 +804,7 @@ class ExcessSearch : public LayerState {
   // kNotDonor where the expert has no replica to spare.
   static constexpr double kNotDonor = std::numeric_limits<double>::infinity();
   std::vector<double> donor_cost_;
+  std::vector<double> terms_;    // Refresh's RemoveTerm per holder
   std::vector<Key> donors_;      // (cost, slot), cheapest first
   std::vector<Key> donor_heap_;  // the donors not yet sorted into donors_
   int donor_ranks_ = 0;          // how many ranks of order_ Donor() has listed

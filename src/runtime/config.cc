@@ -4,7 +4,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <limits>
@@ -113,12 +112,13 @@ class Reader {
     return Status::Ok();
   }
 
-  // A finite number >= lo.
+  // A number >= lo (parsed JSON holds no infinity: a number past the double range is a syntax
+  // error).
   Status NumberAtLeast(const std::string& key, const json& v, double lo, double* out) const {
     const std::string expected = fmt::format("a number >= {}", lo);
     if (!v.is_number()) return Bad(key, expected, v);
     const double d = v.get<double>();
-    if (!(d >= lo) || !std::isfinite(d)) return Bad(key, expected, v);
+    if (!(d >= lo)) return Bad(key, expected, v);
     *out = d;
     return Status::Ok();
   }
