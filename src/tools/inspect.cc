@@ -50,12 +50,21 @@ Action AddConvert(CLI::App& app) {
   app.add_option("--to", a->to, "layout to write: vllm-ascend or sglang")->required();
   app.add_option("--out", a->out, "file to write")->required();
   app.add_option("--experts", a->experts, "logical experts (default: largest id + 1)");
-  app.add_option("--ranks", a->ranks, "ranks, for SGLang input (default: one slot per rank)");
+  app.add_option("--ranks", a->ranks,
+                 "ranks, for SGLang input (needed to write vllm-ascend, which lists devices)");
   return [a] {
     auto format = ParseMapFormat(a->to);
     if (!format.ok()) return Fail("convert", format.status());
     auto map = ReadExpertMap(a->in, a->experts, a->ranks);
     if (!map.ok()) return Fail("convert", map.status());
+    // An SGLang map lists slots, not ranks: without --ranks the devices of a vllm-ascend map
+    // would be a guess (one slot each), so refuse rather than write a plausible wrong file.
+    if (map->format == MapFormat::kSglang && *format == MapFormat::kVllmAscend && a->ranks < 0) {
+      return Fail("convert", Status::Invalid(fmt::format(
+                                 "{}: an SGLang map does not say how many ranks its {} slots "
+                                 "span; pass --ranks R to write the vllm-ascend layout",
+                                 a->in, map->placement.ranks() * map->placement.slots_per_rank())));
+    }
     if (Status s = WriteExpertMap(a->out, map->placement, *format); !s.ok()) {
       return Fail("convert", s);
     }

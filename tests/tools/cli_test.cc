@@ -230,6 +230,11 @@ TEST_F(CliTest, BadInputsFailCleanly) {
               Path("c.json"));
   ExpectError("convert " + Path("two_layers.json") + " --to toml --out " + Path("c.json"), "toml",
               Path("c.json"));
+  // SGLang -> vllm-ascend needs the rank count (an SGLang map lists slots only).
+  const std::string sglang =
+      Write("sglang.json", R"({"physical_to_logical_map": [[0,1,2,3,0,1]]})");
+  ExpectError("convert " + sglang + " --to vllm-ascend --out " + Path("c.json"), "--ranks",
+              Path("c.json"));
   ExpectError("stats --load " + Path("missing.json") + " --ranks 4 --slots-per-rank 3",
               "missing.json", Path("none"));
   ExpectError("plan --ranks 4", "--slots-per-rank", Path("none"));
