@@ -13,6 +13,7 @@
 namespace eplb {
 
 struct RuntimeConfig {
+  static constexpr int kMaxHeatWindows = 256;
   // vllm-ascend keys.
   bool dynamic_eplb = false;                  // rebalance while serving
   int expert_heat_collection_interval = 400;  // steps per load window (> 0)
@@ -22,6 +23,8 @@ struct RuntimeConfig {
   std::string expert_map_record_path;     // where the placement in use is recorded, "" for none
   // SwiftBalancer keys.
   std::string algorithm = "swift";     // a name from BalancerNames()
+  int expert_heat_windows = 1;         // the balancer sees the summed load of this many latest
+                                       // windows, 1 to kMaxHeatWindows (smooths noisy windows)
   int max_layers_in_flight = 4;        // layers whose weights move at once (> 0)
   double imbalance_threshold = 0.99;   // layers at least this balanced are left alone (0, 1]
   int transfer_timeout_ms = 10000;     // a layer's transfers past this roll back (> 0)

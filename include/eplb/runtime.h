@@ -17,13 +17,15 @@
 // are all-gathered. The forward thread tests the gather at the following steps and, as soon as it
 // is complete, folds it into per-expert loads with the placement the loads were recorded on and
 // hands them to the worker (it waits for the gather only if it is still incomplete at step
-// g + 1 + A). At step g + 1 + A the ranks all-gather their plan hashes and compare them one step
-// later. All equal: the moves start. A mismatch, or planning that failed on some rank: the cycle
-// is skipped (logged, counted). A plan not ready on some rank (the worker is late): the engine
-// keeps the placement in use, a warning is logged once, and the hashes are compared again every A
-// steps until every plan is there. While weights move, every step runs the commit protocol (see
-// Controller). When every layer is committed or rolled back, the cycle ends (one info log line,
-// the record file) and the next window starts.
+// g + 1 + A). With expert_heat_windows N > 1 the worker balances the sum of the latest N windows'
+// per-expert loads (each folded with its own placement), which smooths noisy windows at the cost
+// of following a workload shift more slowly. At step g + 1 + A the ranks all-gather their plan
+// hashes and compare them one step later. All equal: the moves start. A mismatch, or planning that
+// failed on some rank: the cycle is skipped (logged, counted). A plan not ready on some rank (the
+// worker is late): the engine keeps the placement in use, a warning is logged once, and the hashes
+// are compared again every A steps until every plan is there. While weights move, every step runs
+// the commit protocol (see Controller). When every layer is committed or rolled back, the cycle
+// ends (one info log line, the record file) and the next window starts.
 //
 // Static mode (dynamic_eplb false): after each window the worker computes the placement the
 // algorithm proposes for the observed load and writes it to expert_map_record_path; the placement
@@ -68,11 +70,11 @@ struct LayerRouting {
 
 // Running totals and the last cycle's figures. A snapshot; safe to copy.
 //
-// Balancedness is mean rank load / max rank load of the load observed in the cycle's window (an
-// expert's load split evenly over its replicas); "before" is on the placement the load was
-// recorded under, "after" on the placement in use once the cycle ended (rolled-back layers keep
-// their "before"; in static mode nothing changes, so after == before), "proposed" on the
-// algorithm's placement.
+// Balancedness is mean rank load / max rank load of the load the balancer saw: the cycle's window,
+// or the latest expert_heat_windows windows summed (an expert's load split evenly over its
+// replicas); "before" is on the placement in use when the window closed, "after" on the placement
+// in use once the cycle ended (rolled-back layers keep their "before"; in static mode nothing
+// changes, so after == before), "proposed" on the algorithm's placement.
 struct RuntimeMetrics {
   int64_t steps = 0;
   int64_t cycles = 0;          // load windows that went through planning (and moving, if dynamic)

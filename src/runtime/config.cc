@@ -187,6 +187,16 @@ const std::vector<Key>& Keys() {
          c.algorithm = name;
          return Status::Ok();
        }},
+      {"expert_heat_windows",
+       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+         constexpr int kMax = RuntimeConfig::kMaxHeatWindows;
+         const std::optional<int64_t> i = AsInteger(v);
+         if (!i || *i < 1 || *i > kMax) {
+           return r.Bad(k, fmt::format("an integer in [1, {}]", kMax), v);
+         }
+         c.expert_heat_windows = static_cast<int>(*i);
+         return Status::Ok();
+       }},
       {"max_layers_in_flight",
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
          return r.Int(k, v, 1, &c.max_layers_in_flight);
@@ -403,6 +413,7 @@ std::string RuntimeConfigToJson(const RuntimeConfig& config) {
   keys["expert_map_path"] = config.expert_map_path;
   keys["expert_map_record_path"] = config.expert_map_record_path;
   keys["algorithm"] = config.algorithm;
+  keys["expert_heat_windows"] = config.expert_heat_windows;
   keys["max_layers_in_flight"] = config.max_layers_in_flight;
   keys["imbalance_threshold"] = config.imbalance_threshold;
   keys["transfer_timeout_ms"] = config.transfer_timeout_ms;

@@ -21,8 +21,10 @@
 #include <deque>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <thread>
 
 #include "eplb/algorithm.h"
@@ -115,6 +117,10 @@ struct Controller::Impl {
     uint64_t cycle = 0;
     LoadMatrix load;  // per logical expert, folded on the placement the loads were recorded on
     Placement old;
+    // With expert_heat_windows > 1: the latest windows' loads, oldest first, the last one this
+    // cycle's; the worker balances their sum (summed there, off the forward thread, in this order
+    // on every rank, so every rank plans on the same numbers).
+    std::vector<std::shared_ptr<const LoadMatrix>> windows;
   };
   // What the worker hands back (dynamic mode). The forward thread takes it over whole.
   struct PlanOut {
@@ -159,6 +165,7 @@ struct Controller::Impl {
   bool warned_late = false;
   Request request;  // the one collective in flight
   std::vector<int64_t> gather_send, gather_recv;
+  std::deque<std::shared_ptr<const LoadMatrix>> heat;  // the latest expert_heat_windows loads
   uint64_t hash_send = 0;
   std::vector<uint64_t> hash_recv;
   std::vector<int64_t> agree_send, agree_recv;
@@ -387,6 +394,11 @@ struct Controller::Impl {
       }
     }
     j.old = placement;
+    if (cfg.expert_heat_windows > 1) {
+      heat.push_back(std::make_shared<const LoadMatrix>(std::move(j.load)));
+      if (static_cast<int>(heat.size()) > cfg.expert_heat_windows) heat.pop_front();
+      j.windows.assign(heat.begin(), heat.end());
+    }
     {
       std::lock_guard lock(mu);
       job = std::move(j);
@@ -646,6 +658,16 @@ struct Controller::Impl {
         Job j = std::move(*job);
         job.reset();
         lock.unlock();
+        if (!j.windows.empty()) {
+          j.load = LoadMatrix(shape.layers, shape.experts);
+          for (const auto& w : j.windows) {
+            for (int l = 0; l < shape.layers; ++l) {
+              std::span<double> sum = j.load.row(l);
+              std::span<const double> add = w->row(l);
+              for (size_t e = 0; e < sum.size(); ++e) sum[e] += add[e];
+            }
+          }
+        }
         if (cfg.dynamic_eplb) {
           std::shared_ptr<PlanOut> out = PlanDynamic(j);
           lock.lock();
@@ -812,6 +834,12 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
     return Status::Invalid(
         fmt::format("{}.balancer_threads: expected an integer in [1, {}], got {}", kKey,
                     AlgorithmOptions::kMaxThreads, config.balancer_threads));
+  }
+  if (config.expert_heat_windows < 1 ||
+      config.expert_heat_windows > RuntimeConfig::kMaxHeatWindows) {
+    return Status::Invalid(
+        fmt::format("{}.expert_heat_windows: expected an integer in [1, {}], got {}", kKey,
+                    RuntimeConfig::kMaxHeatWindows, config.expert_heat_windows));
   }
   EPLB_ASSIGN_OR_RETURN(int slots_per_rank,
                         ResolveSlotsPerRank(config, model.experts, comm->size()));

@@ -40,6 +40,7 @@ void ExpectSameConfig(const RuntimeConfig& a, const RuntimeConfig& b) {
   EXPECT_EQ(a.expert_map_path, b.expert_map_path);
   EXPECT_EQ(a.expert_map_record_path, b.expert_map_record_path);
   EXPECT_EQ(a.algorithm, b.algorithm);
+  EXPECT_EQ(a.expert_heat_windows, b.expert_heat_windows);
   EXPECT_EQ(a.max_layers_in_flight, b.max_layers_in_flight);
   EXPECT_EQ(a.imbalance_threshold, b.imbalance_threshold);  // exact: the text round-trips doubles
   EXPECT_EQ(a.transfer_timeout_ms, b.transfer_timeout_ms);
@@ -60,6 +61,7 @@ const std::vector<std::string> kKeys = {"dynamic_eplb",
                                         "expert_map_path",
                                         "expert_map_record_path",
                                         "algorithm",
+                                        "expert_heat_windows",
                                         "max_layers_in_flight",
                                         "imbalance_threshold",
                                         "transfer_timeout_ms",
@@ -72,7 +74,7 @@ const std::vector<std::string> kKeys = {"dynamic_eplb",
 constexpr char kEveryKey[] = R"({"dynamic_eplb": true, "expert_heat_collection_interval": 10,
     "algorithm_execution_interval": 3, "num_redundant_experts": 64,
     "expert_map_path": "a.json", "expert_map_record_path": "b.json", "algorithm": "deepseek",
-    "max_layers_in_flight": 2, "imbalance_threshold": 0.95, "transfer_timeout_ms": 500,
+    "expert_heat_windows": 5, "max_layers_in_flight": 2, "imbalance_threshold": 0.95, "transfer_timeout_ms": 500,
     "balancer_threads": 3, "target_balancedness": 0.98, "max_changes_per_layer": 7,
     "max_changes_per_cycle": 4294967296, "inter_node_cost": 1.5})";
 
@@ -84,6 +86,7 @@ void ExpectEveryKey(const RuntimeConfig& c) {
   EXPECT_EQ(c.expert_map_path, "a.json");
   EXPECT_EQ(c.expert_map_record_path, "b.json");
   EXPECT_EQ(c.algorithm, "deepseek");
+  EXPECT_EQ(c.expert_heat_windows, 5);
   EXPECT_EQ(c.max_layers_in_flight, 2);
   EXPECT_EQ(c.imbalance_threshold, 0.95);
   EXPECT_EQ(c.algorithm_options.skip_balancedness, 0.95);
@@ -107,6 +110,7 @@ TEST(ConfigParseTest, EmptyObjectGivesTheDocumentedDefaults) {
     EXPECT_EQ(c->expert_map_path, "");
     EXPECT_EQ(c->expert_map_record_path, "");
     EXPECT_EQ(c->algorithm, "swift");
+    EXPECT_EQ(c->expert_heat_windows, 1);
     EXPECT_EQ(c->max_layers_in_flight, 4);
     EXPECT_EQ(c->imbalance_threshold, 0.99);
     EXPECT_EQ(c->transfer_timeout_ms, 10000);
@@ -205,6 +209,9 @@ INSTANTIATE_TEST_SUITE_P(
             R"({"algorithm": 1})",
             "cfg.json: eplb_config.algorithm: expected one of \"deepseek\", \"swift\" (a string), "
             "got 1"},
+        BadValue{R"({"expert_heat_windows": 2.0})",
+                 "cfg.json: eplb_config.expert_heat_windows: expected an integer in [1, 256], got "
+                 "2.0"},
         BadValue{R"({"max_layers_in_flight": {"n": 2}})",
                  "cfg.json: eplb_config.max_layers_in_flight: expected an integer >= 1, got an "
                  "object"},
@@ -254,6 +261,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{
             R"({"algorithm": "Swift"})",
             R"(cfg.json: eplb_config.algorithm: expected one of "deepseek", "swift", got "Swift")"},
+        BadValue{R"({"expert_heat_windows": 0})",
+                 "cfg.json: eplb_config.expert_heat_windows: expected an integer in [1, 256], got "
+                 "0"},
+        BadValue{R"({"expert_heat_windows": 257})",
+                 "cfg.json: eplb_config.expert_heat_windows: expected an integer in [1, 256], got "
+                 "257"},
         BadValue{R"({"max_layers_in_flight": 0})",
                  "cfg.json: eplb_config.max_layers_in_flight: expected an integer >= 1, got 0"},
         BadValue{R"({"imbalance_threshold": 0})",
@@ -310,7 +323,8 @@ TEST(ConfigParseTest, UnknownKeySuggestsTheNearestKnownKey) {
             "cfg.json: eplb_config.dynamic_epbl: unknown key (did you mean \"dynamic_eplb\"?); "
             "known keys: dynamic_eplb, expert_heat_collection_interval, "
             "algorithm_execution_interval, num_redundant_experts, expert_map_path, "
-            "expert_map_record_path, algorithm, max_layers_in_flight, imbalance_threshold, "
+            "expert_map_record_path, algorithm, expert_heat_windows, max_layers_in_flight, "
+            "imbalance_threshold, "
             "transfer_timeout_ms, balancer_threads, target_balancedness, max_changes_per_layer, "
             "max_changes_per_cycle, inter_node_cost");
   EXPECT_NE(ErrorOf(R"({"eplb_config": {"num_redundant_expert": 4}})")

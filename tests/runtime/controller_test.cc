@@ -550,6 +550,66 @@ TEST(ControllerTest, StaticModeRecordsTheProposalAndALaterRunStartsFromIt) {
   std::filesystem::remove(path);
 }
 
+// expert_heat_windows: the balancer sees the summed load of the latest windows. Two ranks, one
+// layer of 4 experts, 2 slots per rank, static mode (the placement stays, so the balancedness it
+// reports is that of the load on the initial placement). Window A sends 10 tokens per step to
+// rank 0's first slot, window B as many to rank 1's: B alone is 0.5 balanced, A + B is 1.0.
+double BalancednessSeenAfterTwoWindows(int heat_windows) {
+  constexpr int kRanks = 2, kInterval = 4;
+  RuntimeConfig c;
+  c.expert_heat_collection_interval = kInterval;  // gathers at steps 4 and 8
+  c.algorithm_execution_interval = 2;             // handed over by steps 7 and 11
+  c.expert_heat_windows = heat_windows;
+  auto world = MakeInProcessWorld(kRanks);
+  std::vector<double> seen(kRanks, -1);
+  std::barrier sync(kRanks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRanks; ++r) {
+    threads.emplace_back([&, r] {
+      auto ctl = Controller::Create(c, {.layers = 1, .experts = 4}, world[r].get());
+      std::vector<std::vector<std::byte>> mem(2, std::vector<std::byte>(8));
+      const bool ready = ctl.ok() && (*ctl)->slots_per_rank() == 2 &&
+                         (*ctl)->RegisterExpert(0, 0, {std::span(mem[0])}).ok() &&
+                         (*ctl)->RegisterExpert(0, 1, {std::span(mem[1])}).ok() &&
+                         (*ctl)->Start().ok();
+      if (!ready) {
+        ADD_FAILURE() << "rank " << r << ": set-up failed";
+        sync.arrive_and_drop();
+        return;
+      }
+      Controller& k = **ctl;
+      auto wait_cycles = [&](int n) {
+        const auto deadline = std::chrono::steady_clock::now() + 30s;
+        while (k.Metrics().cycles < n && std::chrono::steady_clock::now() < deadline) {
+          std::this_thread::sleep_for(1ms);
+        }
+        EXPECT_GE(k.Metrics().cycles, n) << "rank " << r;
+      };
+      for (int i = 0; i < 11; ++i) {
+        const int window = i / kInterval;  // 0: A, 1: B, 2: not gathered
+        const int64_t tokens = (window == 0 && r == 0) || (window == 1 && r == 1) ? 10 : 0;
+        const std::vector<int64_t> counts = {tokens, 0};
+        k.RecordLoad(0, counts);
+        // A is planned before B is gathered: a busy worker would otherwise take B only.
+        if (i == kInterval + 3) wait_cycles(1);
+        EXPECT_TRUE(k.Step().ok()) << "rank " << r << ", step " << i;
+        sync.arrive_and_wait();
+      }
+      wait_cycles(2);
+      seen[r] = k.Metrics().last_balancedness_before;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(seen[0], seen[1]);
+  return seen[0];
+}
+
+TEST(ControllerTest, TheBalancerSeesTheLatestHeatWindowsSummed) {
+  EXPECT_DOUBLE_EQ(BalancednessSeenAfterTwoWindows(1), 0.5);  // B alone
+  EXPECT_DOUBLE_EQ(BalancednessSeenAfterTwoWindows(2), 1.0);  // A + B
+  EXPECT_DOUBLE_EQ(BalancednessSeenAfterTwoWindows(3), 1.0);  // all there are
+}
+
 TEST(ControllerTest, DynamicModeRecordsThePlacementInUse) {
   const std::string path = ::testing::TempDir() + "/eplb_dynamic_record.json";
   std::filesystem::remove(path);
@@ -610,6 +670,10 @@ TEST(ControllerTest, BadConfigurationRegistrationAndLoadsAreRejected) {
   c.balancer_threads = 0;
   EXPECT_EQ(error_of(c), "eplb_config.balancer_threads: expected an integer in [1, 256], got 0");
   c.balancer_threads = 2;
+  c.expert_heat_windows = 257;
+  EXPECT_EQ(error_of(c),
+            "eplb_config.expert_heat_windows: expected an integer in [1, 256], got 257");
+  c.expert_heat_windows = 1;
   c.imbalance_threshold = 0;
   EXPECT_EQ(error_of(c), "eplb_config.imbalance_threshold: expected a number in (0, 1], got 0");
   c.imbalance_threshold = 0.99;
