@@ -34,7 +34,7 @@ CLI::Validator Uint64Text();
 
 // Where a load comes from: a statistics file, or the embedded generator.
 struct LoadArgs {
-  std::string path;
+  std::vector<std::string> paths;  // --load, once or more: their loads are summed
   bool generate = false;
   GeneratorOptions gen;
 };

@@ -2,10 +2,13 @@
 #include <fmt/ranges.h>
 
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <numeric>
 #include <optional>
+#include <span>
 
 #include "eplb/formats.h"
 #include "tools/commands.h"
@@ -38,7 +41,9 @@ CLI::Validator Uint64Text() {
 
 void AddLoadOptions(CLI::App& app, LoadArgs& a) {
   CLI::Option* load = app.add_option(
-      "--load", a.path, "load statistics: SGLang JSON (logical_count or counts) or CSV");
+      "--load", a.paths,
+      "load statistics: SGLang JSON (logical_count or counts) or CSV; several files (one shape) "
+      "are summed as counted");
   CLI::Option* generate = app.add_flag("--generate", a.generate,
                                        "use the embedded workload generator instead of --load");
   load->excludes(generate);
@@ -69,7 +74,7 @@ void AddLoadOptions(CLI::App& app, LoadArgs& a) {
 }
 
 StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
-  if (a.path.empty() == !a.generate) {
+  if (a.paths.empty() == !a.generate) {
     return Status::Invalid("give exactly one of --load FILE or --generate");
   }
   LoadInput in;
@@ -85,11 +90,46 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
         fmt::format("generated (seed {}, skew {}, shift {})", a.gen.seed, a.gen.skew, a.gen.shift);
     return in;
   }
-  EPLB_ASSIGN_OR_RETURN(LoadFile file, ReadLoadFile(a.path));
-  in.moe = std::move(file.moe);
-  in.moe_rows = std::move(file.moe_rows);
-  in.dense_rows = std::move(file.zero_rows);
-  in.source = a.path;
+  EPLB_ASSIGN_OR_RETURN(LoadFile file, ReadLoadFile(a.paths[0]));
+  if (a.paths.size() == 1) {
+    in.moe = std::move(file.moe);
+    in.moe_rows = std::move(file.moe_rows);
+    in.dense_rows = std::move(file.zero_rows);
+    in.source = a.paths[0];
+    return in;
+  }
+  // Several files: summed as counted (a mix of workloads), then split into MoE and dense rows.
+  LoadMatrix sum = std::move(file.all);
+  for (size_t i = 1; i < a.paths.size(); ++i) {
+    EPLB_ASSIGN_OR_RETURN(LoadFile more, ReadLoadFile(a.paths[i]));
+    if (more.all.layers() != sum.layers() || more.all.experts() != sum.experts()) {
+      return Status::Invalid(fmt::format(
+          "{}: {} rows x {} experts, but {} has {} x {}: loads to sum must have one shape",
+          a.paths[i], more.all.layers(), more.all.experts(), a.paths[0], sum.layers(),
+          sum.experts()));
+    }
+    for (int l = 0; l < sum.layers(); ++l) {
+      std::span<double> row = sum.row(l);
+      std::span<const double> add = more.all.row(l);
+      for (size_t e = 0; e < row.size(); ++e) row[e] += add[e];
+      if (!std::isfinite(std::accumulate(row.begin(), row.end(), 0.0))) {
+        return Status::Invalid(fmt::format(
+            "{}: row {}: the loads summed up to this file exceed the largest double; scale them "
+            "down",
+            a.paths[i], l));
+      }
+    }
+  }
+  in.dense_rows = sum.ZeroRows();
+  for (int l = 0, z = 0; l < sum.layers(); ++l) {
+    if (z < static_cast<int>(in.dense_rows.size()) && in.dense_rows[z] == l) {
+      ++z;
+    } else {
+      in.moe_rows.push_back(l);
+    }
+  }
+  in.moe = sum.SelectRows(in.moe_rows);
+  in.source = fmt::format("{}", fmt::join(a.paths, " + "));
   return in;
 }
 

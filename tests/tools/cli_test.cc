@@ -160,6 +160,30 @@ TEST_F(CliTest, StatsPrintsOneRowPerMoeLayerAndTheMean) {
   EXPECT_NE(gen.out.find("mean balancedness"), std::string::npos);
 }
 
+// --load given more than once plans for the sum of the files (a mix of workloads).
+TEST_F(CliTest, SeveralLoadsAreSummed) {
+  const std::string a = Write("a.csv", "0,0,0,0\n10,0,0,0\n");
+  const std::string b = Write("b.json", R"({"logical_count": [[0,0,0,0], [0,0,0,10]]})");
+  const std::string shape = " --ranks 2 --slots-per-rank 2 --report " + Path("r.json");
+  // Id order: rank 0 holds experts 0 and 1, rank 1 holds 2 and 3.
+  ASSERT_EQ(Eplb("plan --load " + a + shape).status, 0);
+  EXPECT_EQ(nlohmann::json::parse(Read(Path("r.json")))["balancedness_before"], 0.5);
+  const Result r = Eplb("plan --load " + a + " --load " + b + shape);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto report = nlohmann::json::parse(Read(Path("r.json")));
+  EXPECT_EQ(report["balancedness_before"], 1.0);
+  EXPECT_EQ(report["load"], a + " + " + b);
+  EXPECT_EQ(report["dense_rows"], nlohmann::json::array({0}));
+  // Files of different shapes, and a bad file among good ones, are errors naming the file.
+  const std::string c = Write("c.csv", "1,2,3\n");
+  ExpectError("plan --load " + a + " --load " + c + shape, "c.csv: 1 rows x 3 experts", Path("r2"));
+  ExpectError(
+      "stats --load " + a + " --load " + Path("missing.csv") + " --ranks 2 --slots-per-rank 2",
+      "missing.csv", Path("none"));
+  const std::string huge = Write("huge.csv", "0,0,0,0\n1e308,0,0,0\n");  // fine alone
+  ExpectError("plan --load " + huge + " --load " + huge + shape, "largest double", Path("r2"));
+}
+
 // The workflow of scripts/run-default.sh: a fresh placement, then a shifted workload re-planned
 // from it moves a few experts and restores the balance.
 TEST_F(CliTest, PlanAfterAShiftMovesFewSlots) {
