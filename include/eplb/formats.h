@@ -28,6 +28,9 @@ struct LoadFile {
 // comma-separated numbers; '#' comment lines and an optional header line of non-numbers skipped).
 // The format is chosen by content: a file starting with '{' is JSON.
 StatusOr<LoadFile> ReadLoadFile(const std::string& path);
+// Splits a load into its all-zero (dense) rows and the others (moe, moe_rows), as ReadLoadFile
+// does.
+LoadFile SplitLoadRows(LoadMatrix all);
 // Parses JSON or CSV text; `origin` names the source in error messages.
 StatusOr<LoadFile> ParseLoad(const std::string& text, const std::string& origin);
 

@@ -38,24 +38,13 @@ constexpr std::string_view kSumOverflow =
 
 // Splits into the MoE rows and the all-zero (dense) rows; rows are already validated.
 StatusOr<LoadFile> Finish(const Rows& rows, const std::string& origin) {
-  LoadFile f;
   StatusOr<LoadMatrix> all = LoadMatrix::FromRows(rows);
   if (!all.ok()) return all.status().WithPrefix(origin);
-  f.all = std::move(all).value();
-  f.zero_rows = f.all.ZeroRows();
+  LoadFile f = SplitLoadRows(std::move(all).value());
   if (f.zero_rows.size() == rows.size()) {
     return Status::Invalid(
         fmt::format("{}: all {} rows are zero; no layer carries any load", origin, rows.size()));
   }
-  size_t next_zero = 0;
-  for (int l = 0; l < f.all.layers(); ++l) {
-    if (next_zero < f.zero_rows.size() && f.zero_rows[next_zero] == l) {
-      ++next_zero;
-    } else {
-      f.moe_rows.push_back(l);
-    }
-  }
-  f.moe = f.all.SelectRows(f.moe_rows);
   return f;
 }
 
@@ -233,6 +222,22 @@ StatusOr<LoadFile> ParseLoad(const std::string& text, const std::string& origin)
   if (first == std::string_view::npos) return Status::Invalid(fmt::format("{}: is empty", origin));
   if (body[first] == '{' || body[first] == '[') return ParseJsonLoad(std::string(body), origin);
   return ParseCsvLoad(body, origin);
+}
+
+LoadFile SplitLoadRows(LoadMatrix all) {
+  LoadFile f;
+  f.all = std::move(all);
+  f.zero_rows = f.all.ZeroRows();
+  size_t next_zero = 0;
+  for (int l = 0; l < f.all.layers(); ++l) {
+    if (next_zero < f.zero_rows.size() && f.zero_rows[next_zero] == l) {
+      ++next_zero;
+    } else {
+      f.moe_rows.push_back(l);
+    }
+  }
+  f.moe = f.all.SelectRows(f.moe_rows);
+  return f;
 }
 
 StatusOr<LoadFile> ReadLoadFile(const std::string& path) {

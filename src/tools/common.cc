@@ -91,17 +91,10 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
     return in;
   }
   EPLB_ASSIGN_OR_RETURN(LoadFile file, ReadLoadFile(a.paths[0]));
-  if (a.paths.size() == 1) {
-    in.moe = std::move(file.moe);
-    in.moe_rows = std::move(file.moe_rows);
-    in.dense_rows = std::move(file.zero_rows);
-    in.source = a.paths[0];
-    return in;
-  }
-  // Several files: summed as counted (a mix of workloads), then split into MoE and dense rows.
-  LoadMatrix sum = std::move(file.all);
+  // Several files are summed as counted (a mix of workloads), then split again.
   for (size_t i = 1; i < a.paths.size(); ++i) {
     EPLB_ASSIGN_OR_RETURN(LoadFile more, ReadLoadFile(a.paths[i]));
+    LoadMatrix& sum = file.all;
     if (more.all.layers() != sum.layers() || more.all.experts() != sum.experts()) {
       return Status::Invalid(fmt::format(
           "{}: {} rows x {} experts, but {} has {} x {}: loads to sum must have one shape",
@@ -120,15 +113,10 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
       }
     }
   }
-  in.dense_rows = sum.ZeroRows();
-  for (int l = 0, z = 0; l < sum.layers(); ++l) {
-    if (z < static_cast<int>(in.dense_rows.size()) && in.dense_rows[z] == l) {
-      ++z;
-    } else {
-      in.moe_rows.push_back(l);
-    }
-  }
-  in.moe = sum.SelectRows(in.moe_rows);
+  if (a.paths.size() > 1) file = SplitLoadRows(std::move(file.all));
+  in.moe = std::move(file.moe);
+  in.moe_rows = std::move(file.moe_rows);
+  in.dense_rows = std::move(file.zero_rows);
   in.source = fmt::format("{}", fmt::join(a.paths, " + "));
   return in;
 }
