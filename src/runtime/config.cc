@@ -100,6 +100,13 @@ class Reader {
     *out = static_cast<int>(wide);
     return Status::Ok();
   }
+  // An integer in a small range [lo, hi], named as such for every bad value.
+  Status IntIn(const std::string& key, const json& v, int lo, int hi, int* out) const {
+    const std::optional<int64_t> i = AsInteger(v);
+    if (!i || *i < lo || *i > hi) return Bad(key, fmt::format("an integer in [{}, {}]", lo, hi), v);
+    *out = static_cast<int>(*i);
+    return Status::Ok();
+  }
   Status Int64(const std::string& key, const json& v, int64_t lo, int64_t hi, int64_t* out) const {
     const std::optional<int64_t> i = AsInteger(v);
     if (!i || *i < lo) return Bad(key, fmt::format("an integer >= {}", lo), v);
@@ -189,13 +196,7 @@ const std::vector<Key>& Keys() {
        }},
       {"expert_heat_windows",
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         constexpr int kMax = RuntimeConfig::kMaxHeatWindows;
-         const std::optional<int64_t> i = AsInteger(v);
-         if (!i || *i < 1 || *i > kMax) {
-           return r.Bad(k, fmt::format("an integer in [1, {}]", kMax), v);
-         }
-         c.expert_heat_windows = static_cast<int>(*i);
-         return Status::Ok();
+         return r.IntIn(k, v, 1, RuntimeConfig::kMaxHeatWindows, &c.expert_heat_windows);
        }},
       {"max_layers_in_flight",
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
@@ -211,13 +212,7 @@ const std::vector<Key>& Keys() {
        }},
       {"balancer_threads",
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         constexpr int kMax = AlgorithmOptions::kMaxThreads;
-         const std::optional<int64_t> i = AsInteger(v);
-         if (!i || *i < 1 || *i > kMax) {
-           return r.Bad(k, fmt::format("an integer in [1, {}]", kMax), v);
-         }
-         c.balancer_threads = static_cast<int>(*i);
-         return Status::Ok();
+         return r.IntIn(k, v, 1, AlgorithmOptions::kMaxThreads, &c.balancer_threads);
        }},
       // swift's own options, read into algorithm_options.
       {"target_balancedness",
