@@ -25,12 +25,12 @@ test: build
 sanitize: asan tsan
 
 asan: deps
-	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_BENCH=OFF
+	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_BENCH=OFF -DEPLB_BUILD_PYTHON=OFF
 	cmake --build $(BUILD)-asan -j $(JOBS)
 	ctest --test-dir $(BUILD)-asan --output-on-failure -j $(JOBS) -LE slow
 
 tsan: deps
-	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_SANITIZE=thread -DEPLB_BUILD_BENCH=OFF
+	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_SANITIZE=thread -DEPLB_BUILD_BENCH=OFF -DEPLB_BUILD_PYTHON=OFF
 	cmake --build $(BUILD)-tsan -j $(JOBS)
 	ctest --test-dir $(BUILD)-tsan --output-on-failure -j $(JOBS) -L "runtime|threads" -LE mpi
 
@@ -39,7 +39,7 @@ tsan: deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	./scripts/install-deps.sh fuzz
-	cmake -S . -B $(BUILD)-fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_FUZZ=ON -DEPLB_BUILD_TESTS=OFF -DEPLB_BUILD_BENCH=OFF
+	cmake -S . -B $(BUILD)-fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_FUZZ=ON -DEPLB_BUILD_TESTS=OFF -DEPLB_BUILD_BENCH=OFF -DEPLB_BUILD_PYTHON=OFF
 	cmake --build $(BUILD)-fuzz -j $(JOBS)
 	./scripts/fuzz.sh $(BUILD)-fuzz $(FUZZ_SECONDS)
 
