@@ -89,6 +89,7 @@ Placement ToPlacement(const py::object& obj, const char* name, int ranks, int ex
   const Int64Array a = Int64Array::ensure(AsArray(obj, name, 2, "iu"));
   const auto layers = static_cast<int>(a.shape(0));
   const auto slots = static_cast<int64_t>(a.shape(1));
+  if (layers < 1) throw py::value_error(fmt::format("{}: expected at least one layer", name));
   if (ranks < 1 || slots < 1 || slots % ranks != 0) {
     throw py::value_error(fmt::format(
         "{}: {} physical experts per layer do not divide over {} ranks", name, slots, ranks));

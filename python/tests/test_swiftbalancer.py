@@ -112,6 +112,18 @@ def test_threads_and_torch_like_inputs_give_the_same_placement():
     (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 1, 8, current=[list(range(12)) + [0, 1, 2, 99]] * 2),
      "current[0][15]: logical id 99 out of range [0, 12)"),
     (lambda: sb.balancedness(WEIGHT, [[0, 1]], 2), "phy2log"),
+    (lambda: sb.balancedness(WEIGHT, np.zeros((0, 16), dtype=np.int64), 8),
+     "phy2log: expected at least one layer"),
+    (lambda: sb.plan_transfers(np.zeros((0, 16), dtype=np.int64), [[0] * 16], 8),
+     "old: expected at least one layer"),
+    (lambda: sb.plan_transfers([list(range(12)) + [0, 1, 2, 3]], [list(range(12))], 8),
+     "new: 12 physical experts per layer do not divide over 8 ranks"),
+    (lambda: sb.rebalance_experts(WEIGHT, 16, 0, 1, 8), "groups"),
+    (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 3, 8), "nodes"),
+    (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 1, 8, threads=0), "threads"),
+    (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 1, 8, current=[[2**40] * 16] * 2),
+     "current[0][0]: logical id 1099511627776 out of range"),
+    (lambda: sb.rebalance_experts(np.full((2, 12), 1e308), 16, 1, 1, 8), "largest double"),
 ])
 def test_bad_inputs_raise_value_errors_that_say_what_and_where(call, message):
     with pytest.raises(ValueError) as e:
