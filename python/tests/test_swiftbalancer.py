@@ -175,3 +175,45 @@ def test_real_deepseek_v3_statistics():
     load = load[load.sum(axis=1) > 0]  # MoE layers only
     phy2log, _, _ = sb.rebalance_experts(load, 320, 1, 1, 64)
     assert sb.balancedness(load, phy2log, 64).mean() >= 0.98
+
+
+def test_random_inputs_raise_or_return_valid_placements():
+    """Random shapes and values, mostly valid, some not: every call returns a valid result or
+    raises one of the documented errors with a message; nothing crashes."""
+    rng = np.random.default_rng(11)
+    returned = 0
+    for case in range(300):
+        layers, experts = int(rng.integers(1, 4)), int(rng.integers(1, 12))
+        gpus = int(rng.integers(1, 6))
+        slots = min(experts, -(-experts // gpus) + int(rng.integers(0, 3)))  # some spare
+        replicas = gpus * slots
+        weight = rng.integers(0, 50, size=(layers, experts)).astype(float)
+        bad = rng.random()
+        if bad < 0.05:
+            weight[0, 0] = -1 if rng.random() < 0.5 else np.nan
+        elif bad < 0.1:
+            replicas -= 1
+        elif bad < 0.15:
+            gpus = 0
+        current = None
+        if rng.random() < 0.5 and gpus > 0 and replicas % gpus == 0:
+            try:
+                current = sb.rebalance_experts(rng.random((layers, experts)), replicas, 1, 1,
+                                               gpus)[0]
+            except ValueError:
+                current = None
+            if current is not None and rng.random() < 0.2:
+                current[0, 0] = int(rng.integers(-1, experts + 1))  # maybe a bad id or duplicate
+        algorithm = "swift" if rng.random() < 0.7 else "deepseek"
+        try:
+            phy2log, log2phy, logcnt = sb.rebalance_experts(
+                weight, replicas, 1, 1, gpus, algorithm=algorithm, current=current)
+        except (ValueError, TypeError) as e:
+            assert str(e), f"case {case}: empty message"
+            continue
+        returned += 1
+        check_outputs(phy2log, log2phy, logcnt, experts, replicas, gpus)
+        if current is not None:
+            plan = sb.plan_transfers(current, phy2log, gpus, num_logical_experts=experts)
+            assert plan["slots_changed"] == (plan["final_phy2log"] != current).sum()
+    assert returned > 200, returned  # the valid paths are exercised too
