@@ -52,12 +52,18 @@ void Check(const Status& s) {
   if (!s.ok()) Raise(s);
 }
 
-// numpy.asarray(obj), which must have `ndim` dimensions and a numeric kind ("iu" or "iuf").
+// numpy.asarray(obj), which must have `ndim` dimensions (each below 2^31) and a numeric kind
+// ("iu" or "iuf").
 py::array AsArray(const py::object& obj, const char* name, int ndim, const char* kinds) {
   py::array a = py::module_::import("numpy").attr("asarray")(obj);
   if (a.ndim() != ndim) {
     throw py::value_error(
         fmt::format("{}: expected a {}-D array, got {} dimensions", name, ndim, a.ndim()));
+  }
+  for (int d = 0; d < ndim; ++d) {
+    if (a.shape(d) > INT_MAX) {
+      throw py::value_error(fmt::format("{}: dimension {} is {}, too large", name, d, a.shape(d)));
+    }
   }
   if (std::string(kinds).find(a.dtype().kind()) == std::string::npos) {
     throw py::type_error(fmt::format("{}: expected an array of {}, got dtype {}", name,
@@ -102,7 +108,14 @@ Placement ToPlacement(const py::object& obj, const char* name, int ranks, int ex
                                         experts < 0 ? "" : fmt::format(" [0, {})", experts)));
     }
   }
-  if (experts < 0) experts = *std::max_element(ids.begin(), ids.end()) + 1;
+  if (experts < 0) {  // every expert needs a replica, so there are at most `slots` of them
+    experts = *std::max_element(ids.begin(), ids.end()) + 1;
+    if (experts > slots) {
+      throw py::value_error(fmt::format(
+          "{}: logical id {} implies {} logical experts, more than the {} slots of a layer", name,
+          experts - 1, experts, slots));
+    }
+  }
   Placement p(layers, ranks, static_cast<int>(slots / ranks), experts, std::move(ids));
   Check(ValidatePlacement(p).WithPrefix(name));
   return p;

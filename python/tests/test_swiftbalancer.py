@@ -118,6 +118,8 @@ def test_threads_and_torch_like_inputs_give_the_same_placement():
      "old: expected at least one layer"),
     (lambda: sb.plan_transfers([list(range(12)) + [0, 1, 2, 3]], [list(range(12))], 8),
      "new: 12 physical experts per layer do not divide over 8 ranks"),
+    (lambda: sb.plan_transfers([[0, 2_000_000_000]], [[0, 1]], 1),
+     "old: logical id 2000000000 implies 2000000001 logical experts, more than the 2 slots"),
     (lambda: sb.rebalance_experts(WEIGHT, 16, 0, 1, 8), "groups"),
     (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 3, 8), "nodes"),
     (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 1, 8, threads=0), "threads"),
