@@ -219,3 +219,14 @@ def test_random_inputs_raise_or_return_valid_placements():
             plan = sb.plan_transfers(current, phy2log, gpus, num_logical_experts=experts)
             assert plan["slots_changed"] == (plan["final_phy2log"] != current).sum()
     assert returned > 200, returned  # the valid paths are exercised too
+
+
+def test_cpu_torch_tensors_are_taken_as_arrays():
+    torch = pytest.importorskip("torch", reason="python3-torch is not installed (optional)")
+    phy2log, _, _ = sb.rebalance_experts(torch.tensor(WEIGHT), 16, 4, 2, 8, algorithm="deepseek")
+    np.testing.assert_array_equal(phy2log, REFERENCE_PHY2LOG)
+    again, _, _ = sb.rebalance_experts(torch.tensor(WEIGHT, dtype=torch.float32), 16, 4, 2, 8,
+                                       current=torch.from_numpy(phy2log))
+    assert torch.from_numpy(again).dtype == torch.int64
+    with pytest.raises(TypeError, match="current: expected an array of integers"):
+        sb.rebalance_experts(torch.tensor(WEIGHT), 16, 4, 2, 8, current=torch.zeros(2, 16))
