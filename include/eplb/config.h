@@ -23,6 +23,8 @@ struct RuntimeConfig {
   std::string expert_map_record_path;     // where the placement in use is recorded, "" for none
   // SwiftBalancer keys.
   std::string algorithm = "swift";     // a name from BalancerNames()
+  std::string expert_load_path;        // start from `algorithm`'s placement for these load
+                                       // statistics (instead of expert_map_path), "" for none
   int expert_heat_windows = 1;         // the balancer sees the summed load of this many latest
                                        // windows, 1 to kMaxHeatWindows (smooths noisy windows)
   int max_layers_in_flight = 4;        // layers whose weights move at once (> 0)
@@ -55,7 +57,8 @@ StatusOr<RuntimeConfig> ParseRuntimeConfig(const std::string& json_text, const s
 StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json);
 // Checks the configuration against a model and returns slots per rank S = (E + K) / ranks:
 // experts E > 0, ranks > 0, (E + K) % ranks == 0 (else the nearest valid K are suggested), S <= E,
-// and the map file (if any) readable with E experts and `ranks` ranks and of S slots per rank.
+// the map file (if any) readable with E experts and `ranks` ranks and of S slots per rank, and
+// the load file (if any; not beside a map) readable with E experts per row.
 StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int ranks);
 // The resolved configuration as pretty-printed JSON, {"eplb_config": {...}} with every key
 // (defaults included) in the order above; ParseRuntimeConfig reads it back to an equal config.

@@ -140,7 +140,9 @@ class Controller {
  public:
   // Checks the configuration and the model, resolves slots per rank ((E + K) / ranks) and the
   // initial placement: expert_map_path when set (checked against the shape; errors name the key,
-  // the file and what was expected), else the default: experts in id order, slot i holding expert
+  // the file and what was expected), or the algorithm's placement for the load statistics in
+  // expert_load_path (its MoE rows must match the model's layers and experts; every rank computes
+  // the same placement), else the default: experts in id order, slot i holding expert
   // i % E, so the K redundant slots replicate experts 0, 1, ... round-robin and no rank holds an
   // expert twice. Registers nothing yet: call RegisterExpert() for every (layer, local slot), then
   // Start().

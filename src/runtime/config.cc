@@ -194,6 +194,8 @@ const std::vector<Key>& Keys() {
          c.algorithm = name;
          return Status::Ok();
        }},
+      {"expert_load_path", [](const Reader& r, const std::string& k, const json& v,
+                              RuntimeConfig& c) { return r.String(k, v, &c.expert_load_path); }},
       {"expert_heat_windows",
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
          return r.IntIn(k, v, 1, RuntimeConfig::kMaxHeatWindows, &c.expert_heat_windows);
@@ -376,6 +378,12 @@ StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int 
         "num_redundant_experts: {}",
         kWrapper, e, k, r, slots_per_rank, e, NearestValidRedundancy(e, k, r)));
   }
+  if (!config.expert_map_path.empty() && !config.expert_load_path.empty()) {
+    return Status::Invalid(fmt::format(
+        "{}.expert_load_path: give expert_map_path or expert_load_path, not both (the initial "
+        "placement is either a map or the algorithm's placement for a load)",
+        kWrapper));
+  }
   if (!config.expert_map_path.empty()) {
     const std::string where = fmt::format("{}.expert_map_path", kWrapper);
     StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, experts, ranks);
@@ -386,6 +394,15 @@ StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int 
           "{}: {}: expected {} ranks x {} slots per rank ({} experts + {} redundant), found {} "
           "ranks x {} slots per rank",
           where, config.expert_map_path, r, slots_per_rank, e, k, p.ranks(), p.slots_per_rank()));
+    }
+  }
+  if (!config.expert_load_path.empty()) {
+    const std::string where = fmt::format("{}.expert_load_path", kWrapper);
+    StatusOr<LoadFile> load = ReadLoadFile(config.expert_load_path);
+    if (!load.ok()) return load.status().WithPrefix(where);
+    if (load->moe.experts() != experts) {
+      return Status::Invalid(fmt::format("{}: {}: has {} experts per row, the model {}", where,
+                                         config.expert_load_path, load->moe.experts(), experts));
     }
   }
   return static_cast<int>(slots_per_rank);
@@ -408,6 +425,7 @@ std::string RuntimeConfigToJson(const RuntimeConfig& config) {
   keys["expert_map_path"] = config.expert_map_path;
   keys["expert_map_record_path"] = config.expert_map_record_path;
   keys["algorithm"] = config.algorithm;
+  keys["expert_load_path"] = config.expert_load_path;
   keys["expert_heat_windows"] = config.expert_heat_windows;
   keys["max_layers_in_flight"] = config.max_layers_in_flight;
   keys["imbalance_threshold"] = config.imbalance_threshold;

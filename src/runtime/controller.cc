@@ -859,7 +859,19 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
   m.records = m.rank % m.shape.ranks_per_node() == 0;
   EPLB_ASSIGN_OR_RETURN(m.balancer, MakeBalancer(config.algorithm, BalancerOptions(config)));
   EPLB_RETURN_IF_ERROR(m.balancer->CheckShape(m.shape).WithPrefix("model"));
-  if (!config.expert_map_path.empty()) {
+  if (!config.expert_load_path.empty()) {  // ResolveSlotsPerRank read it and checked experts
+    const std::string where = fmt::format("{}.expert_load_path: {}", kKey, config.expert_load_path);
+    StatusOr<LoadFile> file = ReadLoadFile(config.expert_load_path);
+    if (!file.ok()) return file.status().WithPrefix(fmt::format("{}.expert_load_path", kKey));
+    if (file->moe.layers() != model.layers) {
+      return Status::Invalid(
+          fmt::format("{}: {} MoE rows (all-zero rows left out: {}), the model has {} MoE layers",
+                      where, file->moe.layers(), file->zero_rows.size(), model.layers));
+    }
+    StatusOr<BalanceResult> r = m.balancer->Balance({&file->moe, m.shape, nullptr});
+    if (!r.ok()) return r.status().WithPrefix(where);
+    m.placement = std::move(r->placement);
+  } else if (!config.expert_map_path.empty()) {
     const std::string where = fmt::format("{}.expert_map_path: {}", kKey, config.expert_map_path);
     StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, model.experts, comm->size());
     if (!map.ok()) return map.status().WithPrefix(where);

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -40,6 +41,7 @@ void ExpectSameConfig(const RuntimeConfig& a, const RuntimeConfig& b) {
   EXPECT_EQ(a.expert_map_path, b.expert_map_path);
   EXPECT_EQ(a.expert_map_record_path, b.expert_map_record_path);
   EXPECT_EQ(a.algorithm, b.algorithm);
+  EXPECT_EQ(a.expert_load_path, b.expert_load_path);
   EXPECT_EQ(a.expert_heat_windows, b.expert_heat_windows);
   EXPECT_EQ(a.max_layers_in_flight, b.max_layers_in_flight);
   EXPECT_EQ(a.imbalance_threshold, b.imbalance_threshold);  // exact: the text round-trips doubles
@@ -61,6 +63,7 @@ const std::vector<std::string> kKeys = {"dynamic_eplb",
                                         "expert_map_path",
                                         "expert_map_record_path",
                                         "algorithm",
+                                        "expert_load_path",
                                         "expert_heat_windows",
                                         "max_layers_in_flight",
                                         "imbalance_threshold",
@@ -74,7 +77,7 @@ const std::vector<std::string> kKeys = {"dynamic_eplb",
 constexpr char kEveryKey[] = R"({"dynamic_eplb": true, "expert_heat_collection_interval": 10,
     "algorithm_execution_interval": 3, "num_redundant_experts": 64,
     "expert_map_path": "a.json", "expert_map_record_path": "b.json", "algorithm": "deepseek",
-    "expert_heat_windows": 5, "max_layers_in_flight": 2, "imbalance_threshold": 0.95, "transfer_timeout_ms": 500,
+    "expert_load_path": "c.csv", "expert_heat_windows": 5, "max_layers_in_flight": 2, "imbalance_threshold": 0.95, "transfer_timeout_ms": 500,
     "balancer_threads": 3, "target_balancedness": 0.98, "max_changes_per_layer": 7,
     "max_changes_per_cycle": 4294967296, "inter_node_cost": 1.5})";
 
@@ -86,6 +89,7 @@ void ExpectEveryKey(const RuntimeConfig& c) {
   EXPECT_EQ(c.expert_map_path, "a.json");
   EXPECT_EQ(c.expert_map_record_path, "b.json");
   EXPECT_EQ(c.algorithm, "deepseek");
+  EXPECT_EQ(c.expert_load_path, "c.csv");
   EXPECT_EQ(c.expert_heat_windows, 5);
   EXPECT_EQ(c.max_layers_in_flight, 2);
   EXPECT_EQ(c.imbalance_threshold, 0.95);
@@ -323,7 +327,8 @@ TEST(ConfigParseTest, UnknownKeySuggestsTheNearestKnownKey) {
             "cfg.json: eplb_config.dynamic_epbl: unknown key (did you mean \"dynamic_eplb\"?); "
             "known keys: dynamic_eplb, expert_heat_collection_interval, "
             "algorithm_execution_interval, num_redundant_experts, expert_map_path, "
-            "expert_map_record_path, algorithm, expert_heat_windows, max_layers_in_flight, "
+            "expert_map_record_path, algorithm, expert_load_path, expert_heat_windows, "
+            "max_layers_in_flight, "
             "imbalance_threshold, "
             "transfer_timeout_ms, balancer_threads, target_balancedness, max_changes_per_layer, "
             "max_changes_per_cycle, inter_node_cost");
@@ -540,6 +545,29 @@ TEST(ResolveSlotsPerRankTest, AcceptsAMatchingMapInEitherLayout) {
     ASSERT_TRUE(s.ok()) << s.status().message();
     EXPECT_EQ(*s, 5);
   }
+}
+
+TEST(ResolveSlotsPerRankTest, ChecksALoadFileAndRefusesItBesideAMap) {
+  ScratchDir dir;
+  const std::string path = dir / "load.csv";
+  {
+    std::ofstream f(path);
+    f << "0,0,0,0,0,0,0,0\n5,1,1,1,1,1,1,9\n";
+  }
+  RuntimeConfig c;
+  c.num_redundant_experts = 2;
+  c.expert_load_path = path;
+  EXPECT_EQ(*ResolveSlotsPerRank(c, 8, 2), 5);
+  EXPECT_EQ(ErrorOf(ResolveSlotsPerRank(c, 6, 2)),
+            "eplb_config.expert_load_path: " + path + ": has 8 experts per row, the model 6");
+  c.expert_map_path = "map.json";
+  EXPECT_EQ(ErrorOf(ResolveSlotsPerRank(c, 8, 2)),
+            "eplb_config.expert_load_path: give expert_map_path or expert_load_path, not both (the "
+            "initial placement is either a map or the algorithm's placement for a load)");
+  c.expert_map_path.clear();
+  c.expert_load_path = dir / "missing.csv";
+  EXPECT_NE(ErrorOf(ResolveSlotsPerRank(c, 8, 2)).find("eplb_config.expert_load_path: "),
+            std::string::npos);
 }
 
 TEST(ResolveSlotsPerRankTest, RejectsAMapOfAnotherShape) {

@@ -13,6 +13,7 @@
 #include <barrier>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <map>
@@ -608,6 +609,51 @@ TEST(ControllerTest, TheBalancerSeesTheLatestHeatWindowsSummed) {
   EXPECT_DOUBLE_EQ(BalancednessSeenAfterTwoWindows(1), 0.5);  // B alone
   EXPECT_DOUBLE_EQ(BalancednessSeenAfterTwoWindows(2), 1.0);  // A + B
   EXPECT_DOUBLE_EQ(BalancednessSeenAfterTwoWindows(3), 1.0);  // all there are
+}
+
+// expert_load_path: every rank starts from the algorithm's placement for the file's MoE rows (an
+// all-zero row is a dense layer, left out), and they agree while rebalancing from it.
+TEST(ControllerTest, ALoadFileGivesTheInitialPlacement) {
+  const std::string path = ::testing::TempDir() + "/eplb_initial_load.csv";
+  {
+    std::ofstream f(path);
+    f << "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0\n";  // dense
+    for (int l = 0; l < 3; ++l) {
+      for (int e = 0; e < 16; ++e) f << (e == 0 ? "" : ",") << (e == 3 * l ? 200 : 1 + e % 5);
+      f << "\n";
+    }
+  }
+  WorldOptions o;
+  o.layers = 3;
+  o.config = DynamicConfig(8);
+  o.config.expert_load_path = path;
+  o.min_cycles = 2;
+  const auto res = RunWorld(o);
+  ExpectAgreement(res);
+  auto file = ReadLoadFile(path);
+  ASSERT_TRUE(file.ok());
+  const Shape shape{.layers = 3, .experts = 16, .ranks = 4, .slots_per_rank = 6};
+  auto balancer = MakeBalancer("swift", BalancerOptions(o.config));
+  ASSERT_TRUE(balancer.ok());
+  const Placement expected = (*balancer)->Balance({&file->moe, shape, nullptr})->placement;
+  for (const RankResult& r : res) EXPECT_EQ(r.initial, expected.phy2log());
+  EXPECT_NE(expected, Placement::IdOrder(shape));
+  EXPECT_GT(MeanBalancedness(file->moe, expected), 0.9);
+
+  // A file whose MoE rows do not match the model's layers, and one that is missing.
+  auto world = MakeInProcessWorld(4);
+  auto error_of = [&](const RuntimeConfig& config, int layers) -> std::string {
+    auto r = Controller::Create(config, {.layers = layers, .experts = 16}, world[0].get());
+    return r.ok() ? "(created)" : std::string(r.status().message());
+  };
+  EXPECT_EQ(error_of(o.config, 4),
+            "eplb_config.expert_load_path: " + path +
+                ": 3 MoE rows (all-zero rows left out: 1), the model has 4 MoE layers");
+  RuntimeConfig missing = o.config;
+  missing.expert_load_path = path + ".missing";
+  EXPECT_NE(error_of(missing, 3).find("eplb_config.expert_load_path: " + path + ".missing"),
+            std::string::npos);
+  std::filesystem::remove(path);
 }
 
 TEST(ControllerTest, DynamicModeRecordsThePlacementInUse) {
