@@ -59,6 +59,8 @@ class LoadMatrix {
   }
   const std::vector<double>& values() const { return values_; }
 
+  // Adds `other`, which must have the same shape, element by element.
+  LoadMatrix& operator+=(const LoadMatrix& other);
   // Indices of rows whose sum is zero (dense layers in SGLang's statistics).
   std::vector<int> ZeroRows() const;
   // The matrix restricted to the given rows, in that order.

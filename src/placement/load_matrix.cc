@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <limits>
 
@@ -42,6 +43,12 @@ Status ValidateLoad(const LoadMatrix& load) {
     }
   }
   return Status::Ok();
+}
+
+LoadMatrix& LoadMatrix::operator+=(const LoadMatrix& other) {
+  assert(other.layers_ == layers_ && other.experts_ == experts_);
+  for (size_t i = 0; i < values_.size(); ++i) values_[i] += other.values_[i];
+  return *this;
 }
 
 std::vector<int> LoadMatrix::ZeroRows() const {

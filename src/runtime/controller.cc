@@ -660,13 +660,7 @@ struct Controller::Impl {
         lock.unlock();
         if (!j.windows.empty()) {
           j.load = LoadMatrix(shape.layers, shape.experts);
-          for (const auto& w : j.windows) {
-            for (int l = 0; l < shape.layers; ++l) {
-              std::span<double> sum = j.load.row(l);
-              std::span<const double> add = w->row(l);
-              for (size_t e = 0; e < sum.size(); ++e) sum[e] += add[e];
-            }
-          }
+          for (const auto& w : j.windows) j.load += *w;
         }
         if (cfg.dynamic_eplb) {
           std::shared_ptr<PlanOut> out = PlanDynamic(j);

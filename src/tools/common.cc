@@ -101,10 +101,9 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
           a.paths[i], more.all.layers(), more.all.experts(), a.paths[0], sum.layers(),
           sum.experts()));
     }
+    sum += more.all;
     for (int l = 0; l < sum.layers(); ++l) {
-      std::span<double> row = sum.row(l);
-      std::span<const double> add = more.all.row(l);
-      for (size_t e = 0; e < row.size(); ++e) row[e] += add[e];
+      std::span<const double> row = sum.row(l);
       if (!std::isfinite(std::accumulate(row.begin(), row.end(), 0.0))) {
         return Status::Invalid(fmt::format(
             "{}: row {}: the loads summed up to this file exceed the largest double; scale them "

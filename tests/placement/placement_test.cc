@@ -54,6 +54,13 @@ TEST(LoadMatrixTest, ValidateLoadNamesLayerAndExpert) {
   EXPECT_TRUE(LoadMatrix::FromRows({{1, 2}, {1e308, 0}}).ok());
 }
 
+TEST(LoadMatrixTest, AddsElementByElementAndSplitsDenseRows) {
+  LoadMatrix a = *LoadMatrix::FromRows({{0, 0}, {1, 2}});
+  a += *LoadMatrix::FromRows({{0, 0}, {3, 0}});
+  EXPECT_EQ(a.values(), (std::vector<double>{0, 0, 4, 2}));
+  EXPECT_EQ(a.ZeroRows(), std::vector<int>{0});
+}
+
 TEST(PlacementTest, ValidationNamesLayerRankSlotAndExpert) {
   EXPECT_TRUE(ValidatePlacement(Make(2, 2, 3, {0, 1, 2, 0})).ok());
   Status out_of_range = ValidatePlacement(Make(2, 2, 3, {0, 1, 2, 3}));
