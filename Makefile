@@ -25,7 +25,7 @@ test: build
 sanitize: asan tsan
 
 asan: deps
-	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_BENCH=OFF -DEPLB_BUILD_PYTHON=OFF
+	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_BENCH=OFF
 	cmake --build $(BUILD)-asan -j $(JOBS)
 	ctest --test-dir $(BUILD)-asan --output-on-failure -j $(JOBS) -LE slow
 
