@@ -242,6 +242,24 @@ keywords are swift's options (README).)");
       "replicas; 1.0 is perfect).");
 
   m.def(
+      "expert_map",
+      [](const py::object& phy2log, int num_gpus, int num_logical_experts) {
+        const Placement p = ToPlacement(phy2log, "phy2log", num_gpus, num_logical_experts);
+        Int64Array out({p.layers(), p.ranks(), p.experts()});
+        auto o = out.mutable_unchecked<3>();
+        for (int l = 0; l < p.layers(); ++l) {
+          for (int r = 0; r < p.ranks(); ++r) {
+            const std::vector<int> map = ExpertMap(p, l, r);
+            for (int e = 0; e < p.experts(); ++e) o(l, r, e) = map[e];
+          }
+        }
+        return out;
+      },
+      py::arg("phy2log"), py::arg("num_gpus"), py::kw_only(), py::arg("num_logical_experts") = -1,
+      "Per layer and rank, each logical expert's local slot on that rank or -1 (vllm-ascend's "
+      "expert_map): int64 [layers, num_gpus, experts].");
+
+  m.def(
       "plan_transfers",
       [](const py::object& old_phy2log, const py::object& new_phy2log, int num_gpus, int num_nodes,
          int64_t expert_bytes, int num_logical_experts) {

@@ -40,6 +40,16 @@ def check_outputs(phy2log, log2phy, logcnt, experts, num_replicas, num_gpus):
             assert (log2phy[l, e, len(where):] == -1).all()
 
 
+def test_expert_map_gives_each_rank_its_local_slots():
+    phy2log = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])  # 2 ranks x 2 slots, 4 experts
+    emap = sb.expert_map(phy2log, 2)
+    assert emap.shape == (2, 2, 4)
+    np.testing.assert_array_equal(emap[0], [[0, 1, -1, -1], [-1, -1, 0, 1]])
+    np.testing.assert_array_equal(emap[1], [[-1, -1, 1, 0], [1, 0, -1, -1]])
+    with pytest.raises(ValueError, match="both slot 0 and slot 1"):
+        sb.expert_map([[0, 0, 1, 2]], 2)
+
+
 def test_deepseek_matches_the_reference():
     phy2log, log2phy, logcnt = sb.rebalance_experts(WEIGHT, 16, 4, 2, 8, algorithm="deepseek")
     np.testing.assert_array_equal(phy2log, REFERENCE_PHY2LOG)
