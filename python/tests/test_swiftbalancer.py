@@ -91,6 +91,17 @@ def test_swift_from_the_current_placement_moves_few_experts_and_keeps_slots():
     np.testing.assert_array_equal(applied, new)
 
 
+def test_deepseek_from_a_current_placement_keeps_the_slots_of_experts_that_stay():
+    weight = skewed_load(2, 16, seed=6)
+    fresh, _, _ = sb.rebalance_experts(weight, 32, 1, 1, 8, algorithm="deepseek")
+    # The same experts per rank in another slot order: nothing needs to move.
+    current = fresh.reshape(2, 8, 4)[:, :, ::-1].reshape(2, 32).copy()
+    assert (current != fresh).any()
+    stable, _, _ = sb.rebalance_experts(weight, 32, 1, 1, 8, algorithm="deepseek",
+                                        current=current)
+    np.testing.assert_array_equal(stable, current)
+
+
 def test_a_cap_bounds_the_experts_moved():
     before = skewed_load(3, 32, seed=3)
     old, _, _ = sb.rebalance_experts(before, 64, 1, 1, 8)
