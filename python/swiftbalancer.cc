@@ -52,9 +52,9 @@ void Check(const Status& s) {
   if (!s.ok()) Raise(s);
 }
 
-// numpy.asarray(obj), which must have `ndim` dimensions (each below 2^31) and a numeric kind
-// ("iu" or "iuf").
-py::array AsArray(const py::object& obj, const char* name, int ndim, const char* kinds) {
+// numpy.asarray(obj), which must have `ndim` dimensions (each below 2^31) and hold integers, or
+// with `floats` any real numbers.
+py::array AsArray(const py::object& obj, const char* name, int ndim, bool floats) {
   py::array a = py::module_::import("numpy").attr("asarray")(obj);
   if (a.ndim() != ndim) {
     throw py::value_error(
@@ -65,16 +65,17 @@ py::array AsArray(const py::object& obj, const char* name, int ndim, const char*
       throw py::value_error(fmt::format("{}: dimension {} is {}, too large", name, d, a.shape(d)));
     }
   }
-  if (std::string(kinds).find(a.dtype().kind()) == std::string::npos) {
+  const char kind = a.dtype().kind();  // i, u: integers; f: floating point
+  if (!(kind == 'i' || kind == 'u' || (floats && kind == 'f'))) {
     throw py::type_error(fmt::format("{}: expected an array of {}, got dtype {}", name,
-                                     kinds[2] == 'f' ? "numbers" : "integers",
+                                     floats ? "numbers" : "integers",
                                      std::string(py::str(a.dtype()))));
   }
   return a;
 }
 
 LoadMatrix ToLoad(const py::object& obj, const char* name) {
-  const DoubleArray a = DoubleArray::ensure(AsArray(obj, name, 2, "iuf"));
+  const DoubleArray a = DoubleArray::ensure(AsArray(obj, name, 2, /*floats=*/true));
   const auto rows = static_cast<int>(a.shape(0)), cols = static_cast<int>(a.shape(1));
   if (rows < 1 || cols < 1) {
     throw py::value_error(fmt::format("{}: expected at least one layer and one expert, got {} x {}",
@@ -92,7 +93,7 @@ LoadMatrix ToLoad(const py::object& obj, const char* name) {
 
 // A [layers, ranks * slots_per_rank] array of logical ids as a validated placement.
 Placement ToPlacement(const py::object& obj, const char* name, int ranks, int experts) {
-  const Int64Array a = Int64Array::ensure(AsArray(obj, name, 2, "iu"));
+  const Int64Array a = Int64Array::ensure(AsArray(obj, name, 2, /*floats=*/false));
   const auto layers = static_cast<int>(a.shape(0));
   const auto slots = static_cast<int64_t>(a.shape(1));
   if (layers < 1) throw py::value_error(fmt::format("{}: expected at least one layer", name));
@@ -148,10 +149,8 @@ std::tuple<Int64Array, Int64Array, Int64Array> RebalanceExperts(
         fmt::format("algorithm: expected one of {}, got '{}'", fmt::join(names, ", "), algorithm));
   }
   std::optional<Placement> old;
-  if (!current.is_none()) {
-    old = ToPlacement(current, "current", num_gpus, shape.experts);
-    Check(ValidatePlacement(*old, shape).WithPrefix("current"));
-  }
+  // Balance() checks it against the shape ("current placement: ...").
+  if (!current.is_none()) old = ToPlacement(current, "current", num_gpus, shape.experts);
   const auto balancer = Take(MakeBalancer(algorithm, options));
   auto run = [&]() -> StatusOr<Placement> {
     EPLB_ASSIGN_OR_RETURN(BalanceResult r,

@@ -589,12 +589,10 @@ struct Controller::Impl {
       committed += applied;
       rolled_back += outcome[l] == -1;
       if (applied) {
-        slots_changed += session->plan().layers[l].slots_changed;
         const LayerMoves& moves = session->plan().layers[l];
+        slots_changed += moves.slots_changed;
         bytes += static_cast<int64_t>(moves.incoming.size()) * expert_bytes;
-        for (int i : moves.incoming) {
-          inter_node += shape.NodeOf(moves.copies[i].src_rank) != shape.NodeOf(rank);
-        }
+        inter_node += moves.incoming_from_other_nodes;
       }
     }
     Report report;
@@ -705,7 +703,10 @@ struct Controller::Impl {
     out->moves.layers.resize(shape.layers);
     for (const ExpertCopy& c : plan.copies) {
       LayerMoves& lm = out->moves.layers[c.layer];
-      if (c.dst_rank == rank) lm.incoming.push_back(static_cast<int>(lm.copies.size()));
+      if (c.dst_rank == rank) {
+        lm.incoming.push_back(static_cast<int>(lm.copies.size()));
+        lm.incoming_from_other_nodes += shape.NodeOf(c.src_rank) != shape.NodeOf(rank);
+      }
       if (!c.local) ++lm.slots_changed;
       lm.copies.push_back(c);
     }

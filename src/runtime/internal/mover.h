@@ -56,6 +56,7 @@ struct LayerMoves {
   std::vector<int> incoming;       // indices into `copies` with dst_rank == this rank, in order;
                                    // incoming[i] lands at staging offset i * expert_bytes
   int64_t slots_changed = 0;       // copies that bring an expert to a rank (all ranks)
+  int64_t incoming_from_other_nodes = 0;  // of `incoming`, those sent from another node's rank
 };
 
 // A cycle's moves. Built by the forward thread when the ranks agree on a plan, immutable after,
