@@ -5,9 +5,11 @@
 // nothing is silently ignored.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "eplb/algorithm.h"
+#include "eplb/placement.h"
 #include "eplb/status.h"
 
 namespace eplb {
@@ -55,10 +57,25 @@ StatusOr<RuntimeConfig> ParseRuntimeConfig(const std::string& json_text, const s
 // Inline JSON text when the argument starts with '{' (after whitespace; origin "inline config"),
 // else a file path read with ReadFile (origin: the path).
 StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json);
-// Checks the configuration against a model and returns slots per rank S = (E + K) / ranks:
+// Checks every key's range in the words ParseRuntimeConfig uses, less the origin:
+// "eplb_config.<key>: expected <type and range>, got <value>" (infinities and NaN are out of every
+// range). What ParseRuntimeConfig returns always passes; it is for configurations built in code,
+// and ResolveStart (so Controller::Create) runs it first.
+Status ValidateRuntimeConfig(const RuntimeConfig& config);
+// Where a configuration starts on a model of `experts` experts on `ranks` ranks.
+struct RuntimeStart {
+  int slots_per_rank = 0;           // S = (E + K) / ranks
+  std::optional<Placement> map;     // expert_map_path's placement (ranks x S), when set
+  std::optional<LoadMatrix> load;   // expert_load_path's MoE rows (E per row), when set
+  size_t load_zero_rows = 0;        // all-zero (dense) rows of that file, left out of `load`
+};
+// Checks the configuration (ValidateRuntimeConfig) against a model and reads its files once:
 // experts E > 0, ranks > 0, (E + K) % ranks == 0 (else the nearest valid K are suggested), S <= E,
 // the map file (if any) readable with E experts and `ranks` ranks and of S slots per rank, and
-// the load file (if any; not beside a map) readable with E experts per row.
+// the load file (if any; not beside a map) readable with E experts per row. Errors name the key
+// and the file.
+StatusOr<RuntimeStart> ResolveStart(const RuntimeConfig& config, int experts, int ranks);
+// ResolveStart's slots per rank.
 StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int ranks);
 // The resolved configuration as pretty-printed JSON, {"eplb_config": {...}} with every key
 // (defaults included) in the order above; ParseRuntimeConfig reads it back to an equal config.

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cmath>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -21,7 +23,6 @@ namespace {
 using json = nlohmann::json;
 using formats_internal::DuplicateKey;
 
-constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 constexpr std::string_view kWrapper = "eplb_config";
 
 // Parse errors and values are rendered with a bounded length so that a message stays one line.
@@ -93,54 +94,6 @@ class Reader {
     return Status::Ok();
   }
 
-  // An integer in [lo, hi]; hi is the int range unless a key says otherwise.
-  Status Int(const std::string& key, const json& v, int64_t lo, int* out) const {
-    int64_t wide = 0;
-    EPLB_RETURN_IF_ERROR(Int64(key, v, lo, kIntMax, &wide));
-    *out = static_cast<int>(wide);
-    return Status::Ok();
-  }
-  // An integer in a small range [lo, hi], named as such for every bad value.
-  Status IntIn(const std::string& key, const json& v, int lo, int hi, int* out) const {
-    const std::optional<int64_t> i = AsInteger(v);
-    if (!i || *i < lo || *i > hi) return Bad(key, fmt::format("an integer in [{}, {}]", lo, hi), v);
-    *out = static_cast<int>(*i);
-    return Status::Ok();
-  }
-  Status Int64(const std::string& key, const json& v, int64_t lo, int64_t hi, int64_t* out) const {
-    const std::optional<int64_t> i = AsInteger(v);
-    if (!i || *i < lo) return Bad(key, fmt::format("an integer >= {}", lo), v);
-    // AsInteger saturates: an unsigned value past the int64 range is past hi too.
-    const bool past =
-        v.is_number_unsigned() &&
-        v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
-    if (*i > hi || past) return Bad(key, fmt::format("an integer in [{}, {}]", lo, hi), v);
-    *out = *i;
-    return Status::Ok();
-  }
-
-  // A number >= lo (parsed JSON holds no infinity: a number past the double range is a syntax
-  // error).
-  Status NumberAtLeast(const std::string& key, const json& v, double lo, double* out) const {
-    const std::string expected = fmt::format("a number >= {}", lo);
-    if (!v.is_number()) return Bad(key, expected, v);
-    const double d = v.get<double>();
-    if (!(d >= lo)) return Bad(key, expected, v);
-    *out = d;
-    return Status::Ok();
-  }
-
-  // A number in (lo, hi]; integers count as numbers, booleans do not.
-  Status NumberAboveAtMost(const std::string& key, const json& v, double lo, double hi,
-                           double* out) const {
-    const std::string expected = fmt::format("a number in ({}, {}]", lo, hi);
-    if (!v.is_number()) return Bad(key, expected, v);
-    const double d = v.get<double>();
-    if (!(d > lo && d <= hi)) return Bad(key, expected, v);
-    *out = d;
-    return Status::Ok();
-  }
-
   Status String(const std::string& key, const json& v, std::string* out) const {
     if (!v.is_string()) return Bad(key, "a string", v);
     *out = v.get<std::string>();
@@ -151,92 +104,139 @@ class Reader {
   const std::string& origin_;
 };
 
-// One configuration key: its name and how it is read into the struct.
+// One configuration key: its name, how it is read from JSON into the struct, and how the value
+// the struct holds is checked (for a configuration built in code; "" when valid, else "expected
+// ..., got ..."). A key's range is written once, in its builder below, and serves both.
 struct Key {
   std::string_view name;
-  Status (*read)(const Reader& r, const std::string& key, const json& v, RuntimeConfig& c);
+  std::function<Status(const Reader& r, const std::string& key, const json& v, RuntimeConfig& c)>
+      read;
+  std::function<std::string(const RuntimeConfig& c)> check;  // empty: every value is valid
 };
+
+// An integer key in [lo, hi] of type T (`field` gives the member, const or not). A range with no
+// upper bound of its own (hi is T's max) is named "an integer >= lo" unless the value is above it.
+template <typename T, typename Field>
+Key IntKey(std::string_view name, Field field, int64_t lo,
+           int64_t hi = std::numeric_limits<T>::max()) {
+  const bool bounded = hi < std::numeric_limits<T>::max();
+  auto expected = [=](bool above) {
+    return bounded || above ? fmt::format("an integer in [{}, {}]", lo, hi)
+                            : fmt::format("an integer >= {}", lo);
+  };
+  return {name,
+          [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+            const std::optional<int64_t> i = AsInteger(v);
+            if (!i || *i < lo) return r.Bad(k, expected(false), v);
+            // AsInteger saturates: an unsigned value past the int64 range is past hi too.
+            const bool past =
+                v.is_number_unsigned() &&
+                v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+            if (*i > hi || past) return r.Bad(k, expected(true), v);
+            field(c) = static_cast<T>(*i);
+            return Status::Ok();
+          },
+          [=](const RuntimeConfig& c) {
+            const int64_t i = field(c);
+            return i < lo || i > hi ? fmt::format("expected {}, got {}", expected(i > hi), i)
+                                    : std::string();
+          }};
+}
+
+// A number key >= lo, or in (lo, hi] when hi is given; integers count as numbers, booleans do
+// not. Parsed JSON holds no infinity (a number past the double range is a syntax error); in the
+// struct, infinity and NaN are out of range.
+template <typename Field>
+Key NumberKey(std::string_view name, Field field, double lo,
+              std::optional<double> hi = std::nullopt) {
+  const std::string expected = hi ? fmt::format("a number in ({}, {}]", lo, *hi)
+                                  : fmt::format("a number >= {}", lo);
+  auto valid = [=](double d) { return std::isfinite(d) && (hi ? d > lo && d <= *hi : d >= lo); };
+  return {name,
+          [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+            if (!v.is_number() || !valid(v.get<double>())) return r.Bad(k, expected, v);
+            field(c) = v.get<double>();
+            return Status::Ok();
+          },
+          [=](const RuntimeConfig& c) {
+            return valid(field(c)) ? std::string()
+                                   : fmt::format("expected {}, got {}", expected, field(c));
+          }};
+}
+
+template <typename Field>
+Key BoolKey(std::string_view name, Field field) {
+  return {name, [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+            return r.Bool(k, v, &field(c));
+          },
+          {}};
+}
+
+template <typename Field>
+Key StringKey(std::string_view name, Field field) {
+  return {name, [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+            return r.String(k, v, &field(c));
+          },
+          {}};
+}
+
+// "one of "swift", "deepseek"": the registry's names.
+std::string AlgorithmNames() {
+  std::vector<std::string> quoted;
+  for (const std::string& n : BalancerNames()) quoted.push_back(json(n).dump());
+  return fmt::format("one of {}", fmt::join(quoted, ", "));
+}
+
+bool KnownAlgorithm(const std::string& name) {
+  const std::vector<std::string> names = BalancerNames();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+// The member a key names, for a const or a mutable config.
+#define EPLB_FIELD(member) [](auto& c) -> auto& { return c.member; }
 
 // In the order of config.h; RuntimeConfigToJson writes the same order.
 const std::vector<Key>& Keys() {
   static const std::vector<Key> keys = {
-      {"dynamic_eplb", [](const Reader& r, const std::string& k, const json& v,
-                          RuntimeConfig& c) { return r.Bool(k, v, &c.dynamic_eplb); }},
-      {"expert_heat_collection_interval",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.Int(k, v, 1, &c.expert_heat_collection_interval);
-       }},
-      {"algorithm_execution_interval",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.Int(k, v, 1, &c.algorithm_execution_interval);
-       }},
-      {"num_redundant_experts",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.Int(k, v, 0, &c.num_redundant_experts);
-       }},
-      {"expert_map_path", [](const Reader& r, const std::string& k, const json& v,
-                             RuntimeConfig& c) { return r.String(k, v, &c.expert_map_path); }},
-      {"expert_map_record_path",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.String(k, v, &c.expert_map_record_path);
-       }},
+      BoolKey("dynamic_eplb", EPLB_FIELD(dynamic_eplb)),
+      IntKey<int>("expert_heat_collection_interval", EPLB_FIELD(expert_heat_collection_interval),
+                  1),
+      IntKey<int>("algorithm_execution_interval", EPLB_FIELD(algorithm_execution_interval), 1),
+      IntKey<int>("num_redundant_experts", EPLB_FIELD(num_redundant_experts), 0),
+      StringKey("expert_map_path", EPLB_FIELD(expert_map_path)),
+      StringKey("expert_map_record_path", EPLB_FIELD(expert_map_record_path)),
       {"algorithm",
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         const std::vector<std::string> names = BalancerNames();
-         std::vector<std::string> quoted;
-         for (const std::string& n : names) quoted.push_back(json(n).dump());
-         const std::string expected = fmt::format("one of {}", fmt::join(quoted, ", "));
-         if (!v.is_string()) return r.Bad(k, expected + " (a string)", v);
-         const std::string name = v.get<std::string>();
-         if (std::find(names.begin(), names.end(), name) == names.end()) {
-           return r.Bad(k, expected, v);
-         }
-         c.algorithm = name;
+         if (!v.is_string()) return r.Bad(k, AlgorithmNames() + " (a string)", v);
+         if (!KnownAlgorithm(v.get<std::string>())) return r.Bad(k, AlgorithmNames(), v);
+         c.algorithm = v.get<std::string>();
          return Status::Ok();
+       },
+       [](const RuntimeConfig& c) {
+         return KnownAlgorithm(c.algorithm) ? std::string()
+                                            : fmt::format("expected {}, got {}", AlgorithmNames(),
+                                                          Shown(json(c.algorithm)));
        }},
-      {"expert_load_path", [](const Reader& r, const std::string& k, const json& v,
-                              RuntimeConfig& c) { return r.String(k, v, &c.expert_load_path); }},
-      {"expert_heat_windows",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.IntIn(k, v, 1, RuntimeConfig::kMaxHeatWindows, &c.expert_heat_windows);
-       }},
-      {"max_layers_in_flight",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.Int(k, v, 1, &c.max_layers_in_flight);
-       }},
-      {"imbalance_threshold",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.NumberAboveAtMost(k, v, 0.0, 1.0, &c.imbalance_threshold);
-       }},
-      {"transfer_timeout_ms",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.Int(k, v, 1, &c.transfer_timeout_ms);
-       }},
-      {"balancer_threads",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.IntIn(k, v, 1, AlgorithmOptions::kMaxThreads, &c.balancer_threads);
-       }},
+      StringKey("expert_load_path", EPLB_FIELD(expert_load_path)),
+      IntKey<int>("expert_heat_windows", EPLB_FIELD(expert_heat_windows), 1,
+                  RuntimeConfig::kMaxHeatWindows),
+      IntKey<int>("max_layers_in_flight", EPLB_FIELD(max_layers_in_flight), 1),
+      NumberKey("imbalance_threshold", EPLB_FIELD(imbalance_threshold), 0.0, 1.0),
+      IntKey<int>("transfer_timeout_ms", EPLB_FIELD(transfer_timeout_ms), 1),
+      IntKey<int>("balancer_threads", EPLB_FIELD(balancer_threads), 1,
+                  AlgorithmOptions::kMaxThreads),
       // swift's own options, read into algorithm_options.
-      {"target_balancedness",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.NumberAboveAtMost(k, v, 0.0, 1.0, &c.algorithm_options.target_balancedness);
-       }},
-      {"max_changes_per_layer",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.Int(k, v, -1, &c.algorithm_options.max_changes_per_layer);
-       }},
-      {"max_changes_per_cycle",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.Int64(k, v, -1, std::numeric_limits<int64_t>::max(),
-                        &c.algorithm_options.max_changes_per_cycle);
-       }},
-      {"inter_node_cost",
-       [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-         return r.NumberAtLeast(k, v, 1.0, &c.algorithm_options.inter_node_cost);
-       }},
+      NumberKey("target_balancedness", EPLB_FIELD(algorithm_options.target_balancedness), 0.0,
+                1.0),
+      IntKey<int>("max_changes_per_layer", EPLB_FIELD(algorithm_options.max_changes_per_layer),
+                  -1),
+      IntKey<int64_t>("max_changes_per_cycle", EPLB_FIELD(algorithm_options.max_changes_per_cycle),
+                      -1),
+      NumberKey("inter_node_cost", EPLB_FIELD(algorithm_options.inter_node_cost), 1.0),
   };
   return keys;
 }
+#undef EPLB_FIELD
 
 Status UnknownKey(const std::string& origin, const std::string& key) {
   std::vector<std::string_view> names;
@@ -352,7 +352,18 @@ StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json) {
   return ParseRuntimeConfig(text, path_or_json);
 }
 
-StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int ranks) {
+Status ValidateRuntimeConfig(const RuntimeConfig& config) {
+  for (const Key& key : Keys()) {
+    if (!key.check) continue;
+    if (const std::string problem = key.check(config); !problem.empty()) {
+      return Status::Invalid(fmt::format("{}.{}: {}", kWrapper, key.name, problem));
+    }
+  }
+  return Status::Ok();
+}
+
+StatusOr<RuntimeStart> ResolveStart(const RuntimeConfig& config, int experts, int ranks) {
+  EPLB_RETURN_IF_ERROR(ValidateRuntimeConfig(config));
   if (experts <= 0) {
     return Status::Invalid(fmt::format("model: experts must be > 0, got {}", experts));
   }
@@ -360,10 +371,6 @@ StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int 
   const int64_t e = experts;
   const int64_t k = config.num_redundant_experts;
   const int64_t r = ranks;
-  if (k < 0) {
-    return Status::Invalid(
-        fmt::format("{}.num_redundant_experts: expected an integer >= 0, got {}", kWrapper, k));
-  }
   if ((e + k) % r != 0) {
     return Status::Invalid(fmt::format(
         "{}.num_redundant_experts: {} experts + {} redundant = {} physical slots cannot be split "
@@ -384,6 +391,8 @@ StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int 
         "placement is either a map or the algorithm's placement for a load)",
         kWrapper));
   }
+  RuntimeStart start;
+  start.slots_per_rank = static_cast<int>(slots_per_rank);
   if (!config.expert_map_path.empty()) {
     const std::string where = fmt::format("{}.expert_map_path", kWrapper);
     StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, experts, ranks);
@@ -395,6 +404,7 @@ StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int 
           "ranks x {} slots per rank",
           where, config.expert_map_path, r, slots_per_rank, e, k, p.ranks(), p.slots_per_rank()));
     }
+    start.map = std::move(map->placement);
   }
   if (!config.expert_load_path.empty()) {
     const std::string where = fmt::format("{}.expert_load_path", kWrapper);
@@ -404,8 +414,15 @@ StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int 
       return Status::Invalid(fmt::format("{}: {}: has {} experts per row, the model {}", where,
                                          config.expert_load_path, load->moe.experts(), experts));
     }
+    start.load_zero_rows = load->zero_rows.size();
+    start.load = std::move(load->moe);
   }
-  return static_cast<int>(slots_per_rank);
+  return start;
+}
+
+StatusOr<int> ResolveSlotsPerRank(const RuntimeConfig& config, int experts, int ranks) {
+  EPLB_ASSIGN_OR_RETURN(const RuntimeStart start, ResolveStart(config, experts, ranks));
+  return start.slots_per_rank;
 }
 
 AlgorithmOptions BalancerOptions(const RuntimeConfig& config) {

@@ -102,11 +102,6 @@ double MeanOf(const std::vector<double>& v) {
   return s / static_cast<double>(v.size());
 }
 
-Status PositiveKey(const char* key, int value) {
-  if (value > 0) return Status::Ok();
-  return Status::Invalid(fmt::format("{}.{}: expected an integer > 0, got {}", kKey, key, value));
-}
-
 }  // namespace
 
 struct Controller::Impl {
@@ -814,30 +809,8 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
   if (model.layers <= 0) {
     return Status::Invalid(fmt::format("model: layers must be > 0, got {}", model.layers));
   }
-  EPLB_RETURN_IF_ERROR(
-      PositiveKey("expert_heat_collection_interval", config.expert_heat_collection_interval));
-  EPLB_RETURN_IF_ERROR(
-      PositiveKey("algorithm_execution_interval", config.algorithm_execution_interval));
-  EPLB_RETURN_IF_ERROR(PositiveKey("max_layers_in_flight", config.max_layers_in_flight));
-  EPLB_RETURN_IF_ERROR(PositiveKey("transfer_timeout_ms", config.transfer_timeout_ms));
-  if (!(config.imbalance_threshold > 0 && config.imbalance_threshold <= 1)) {
-    return Status::Invalid(
-        fmt::format("{}.imbalance_threshold: expected a number in (0, 1], got {}", kKey,
-                    config.imbalance_threshold));
-  }
-  if (config.balancer_threads < 1 || config.balancer_threads > AlgorithmOptions::kMaxThreads) {
-    return Status::Invalid(
-        fmt::format("{}.balancer_threads: expected an integer in [1, {}], got {}", kKey,
-                    AlgorithmOptions::kMaxThreads, config.balancer_threads));
-  }
-  if (config.expert_heat_windows < 1 ||
-      config.expert_heat_windows > RuntimeConfig::kMaxHeatWindows) {
-    return Status::Invalid(
-        fmt::format("{}.expert_heat_windows: expected an integer in [1, {}], got {}", kKey,
-                    RuntimeConfig::kMaxHeatWindows, config.expert_heat_windows));
-  }
-  EPLB_ASSIGN_OR_RETURN(int slots_per_rank,
-                        ResolveSlotsPerRank(config, model.experts, comm->size()));
+  EPLB_ASSIGN_OR_RETURN(RuntimeStart start, ResolveStart(config, model.experts, comm->size()));
+  const int slots_per_rank = start.slots_per_rank;
   auto impl = std::make_unique<Impl>();
   Impl& m = *impl;
   m.cfg = config;
@@ -854,24 +827,20 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(const RuntimeConfig& co
   m.records = m.rank % m.shape.ranks_per_node() == 0;
   EPLB_ASSIGN_OR_RETURN(m.balancer, MakeBalancer(config.algorithm, BalancerOptions(config)));
   EPLB_RETURN_IF_ERROR(m.balancer->CheckShape(m.shape).WithPrefix("model"));
-  if (!config.expert_load_path.empty()) {  // ResolveSlotsPerRank read it and checked experts
+  if (start.load) {  // ResolveStart read it and checked its experts
     const std::string where = fmt::format("{}.expert_load_path: {}", kKey, config.expert_load_path);
-    StatusOr<LoadFile> file = ReadLoadFile(config.expert_load_path);
-    if (!file.ok()) return file.status().WithPrefix(fmt::format("{}.expert_load_path", kKey));
-    if (file->moe.layers() != model.layers) {
+    if (start.load->layers() != model.layers) {
       return Status::Invalid(
           fmt::format("{}: {} MoE rows (all-zero rows left out: {}), the model has {} MoE layers",
-                      where, file->moe.layers(), file->zero_rows.size(), model.layers));
+                      where, start.load->layers(), start.load_zero_rows, model.layers));
     }
-    StatusOr<BalanceResult> r = m.balancer->Balance({&file->moe, m.shape, nullptr});
+    StatusOr<BalanceResult> r = m.balancer->Balance({&*start.load, m.shape, nullptr});
     if (!r.ok()) return r.status().WithPrefix(where);
     m.placement = std::move(r->placement);
-  } else if (!config.expert_map_path.empty()) {
+  } else if (start.map) {  // ResolveStart read it and checked its ranks and slots
     const std::string where = fmt::format("{}.expert_map_path: {}", kKey, config.expert_map_path);
-    StatusOr<MapFile> map = ReadExpertMap(config.expert_map_path, model.experts, comm->size());
-    if (!map.ok()) return map.status().WithPrefix(where);
-    EPLB_RETURN_IF_ERROR(ValidatePlacement(map->placement, m.shape).WithPrefix(where));
-    m.placement = std::move(map->placement);
+    EPLB_RETURN_IF_ERROR(ValidatePlacement(*start.map, m.shape).WithPrefix(where));
+    m.placement = std::move(*start.map);
   } else {
     m.placement = Placement::IdOrder(m.shape);
   }

@@ -307,6 +307,55 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{R"({"inter_node_cost": -2})",
                  "cfg.json: eplb_config.inter_node_cost: expected a number >= 1, got -2"}));
 
+// A configuration built in code gets the parser's words (less the origin) for every value out of
+// range: each key's range is written once and serves both.
+TEST(ValidateRuntimeConfigTest, ConfigsBuiltInCodeGetTheParsersWords) {
+  EXPECT_TRUE(ValidateRuntimeConfig(RuntimeConfig{}).ok());
+  struct Case {
+    std::string json;
+    void (*set)(RuntimeConfig&);
+  };
+  const std::vector<Case> cases = {
+      {R"({"expert_heat_collection_interval": 0})",
+       [](RuntimeConfig& c) { c.expert_heat_collection_interval = 0; }},
+      {R"({"algorithm_execution_interval": -3})",
+       [](RuntimeConfig& c) { c.algorithm_execution_interval = -3; }},
+      {R"({"num_redundant_experts": -1})", [](RuntimeConfig& c) { c.num_redundant_experts = -1; }},
+      {R"({"algorithm": "magic"})", [](RuntimeConfig& c) { c.algorithm = "magic"; }},
+      {R"({"expert_heat_windows": 257})", [](RuntimeConfig& c) { c.expert_heat_windows = 257; }},
+      {R"({"max_layers_in_flight": 0})", [](RuntimeConfig& c) { c.max_layers_in_flight = 0; }},
+      {R"({"imbalance_threshold": 1.5})", [](RuntimeConfig& c) { c.imbalance_threshold = 1.5; }},
+      {R"({"transfer_timeout_ms": 0})", [](RuntimeConfig& c) { c.transfer_timeout_ms = 0; }},
+      {R"({"balancer_threads": 0})", [](RuntimeConfig& c) { c.balancer_threads = 0; }},
+      {R"({"target_balancedness": 0})",
+       [](RuntimeConfig& c) { c.algorithm_options.target_balancedness = 0; }},
+      {R"({"max_changes_per_layer": -2})",
+       [](RuntimeConfig& c) { c.algorithm_options.max_changes_per_layer = -2; }},
+      {R"({"max_changes_per_cycle": -5})",
+       [](RuntimeConfig& c) { c.algorithm_options.max_changes_per_cycle = -5; }},
+      {R"({"inter_node_cost": 0.5})",
+       [](RuntimeConfig& c) { c.algorithm_options.inter_node_cost = 0.5; }},
+  };
+  for (const Case& k : cases) {
+    RuntimeConfig c;
+    k.set(c);
+    const Status s = ValidateRuntimeConfig(c);
+    EXPECT_EQ("cfg.json: " + std::string(s.message()), ErrorOf(k.json)) << k.json;
+  }
+  // JSON has no infinity or NaN, a struct has: both are out of range.
+  RuntimeConfig c;
+  c.algorithm_options.inter_node_cost = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(ValidateRuntimeConfig(c).message(),
+            "eplb_config.inter_node_cost: expected a number >= 1, got inf");
+  c = RuntimeConfig{};
+  c.imbalance_threshold = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_EQ(ValidateRuntimeConfig(c).message(),
+            "eplb_config.imbalance_threshold: expected a number in (0, 1], got nan");
+  // ResolveSlotsPerRank (and so `eplb check-config` and Controller::Create) checks them first.
+  EXPECT_EQ(ErrorOf(ResolveSlotsPerRank(c, 16, 4)),
+            "eplb_config.imbalance_threshold: expected a number in (0, 1], got nan");
+}
+
 TEST(ConfigParseTest, EveryKeyHasATypeError) {
   // An array is the wrong type for every key.
   for (const std::string& key : kKeys) {

@@ -724,7 +724,7 @@ TEST(ControllerTest, BadConfigurationRegistrationAndLoadsAreRejected) {
   EXPECT_EQ(error_of(c), "eplb_config.imbalance_threshold: expected a number in (0, 1], got 0");
   c.imbalance_threshold = 0.99;
   c.algorithm_options.target_balancedness = 2;
-  EXPECT_EQ(error_of(c), "swift: target_balancedness must be in (0, 1], got 2");
+  EXPECT_EQ(error_of(c), "eplb_config.target_balancedness: expected a number in (0, 1], got 2");
   c.algorithm_options.target_balancedness = 0.97;
   c.expert_map_path = "/nonexistent/map.json";
   EXPECT_NE(error_of(c).find("/nonexistent/map.json"), std::string::npos);
