@@ -4,6 +4,7 @@
 // import; the transfer planner, the metrics and the file formats come along. Errors raise
 // ValueError (bad input, naming what is wrong and where), FileNotFoundError or OSError (files), or
 // TypeError (an array of the wrong kind). The GIL is released while an algorithm runs.
+// The runtime (Controller and communicators) is bound in runtime.cc.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <pybind11/numpy.h>
@@ -17,62 +18,13 @@
 #include <string>
 #include <tuple>
 
+#include "common.h"
 #include "eplb/algorithm.h"
 #include "eplb/formats.h"
 #include "eplb/planner.h"
 
-namespace py = pybind11;
-
 namespace eplb {
 namespace {
-
-using Int64Array = py::array_t<int64_t, py::array::c_style>;
-using DoubleArray = py::array_t<double, py::array::c_style>;
-
-[[noreturn]] void Raise(const Status& s) {
-  switch (s.code()) {
-    case StatusCode::kInvalidArgument:
-      throw py::value_error(s.message());
-    case StatusCode::kNotFound:
-      PyErr_SetString(PyExc_FileNotFoundError, s.message().c_str());
-      throw py::error_already_set();
-    case StatusCode::kIoError:
-      PyErr_SetString(PyExc_OSError, s.message().c_str());
-      throw py::error_already_set();
-    default:
-      throw std::runtime_error(s.message());
-  }
-}
-template <typename T>
-T Take(StatusOr<T> r) {
-  if (!r.ok()) Raise(r.status());
-  return std::move(r).value();
-}
-void Check(const Status& s) {
-  if (!s.ok()) Raise(s);
-}
-
-// numpy.asarray(obj), which must have `ndim` dimensions (each below 2^31) and hold integers, or
-// with `floats` any real numbers.
-py::array AsArray(const py::object& obj, const char* name, int ndim, bool floats) {
-  py::array a = py::module_::import("numpy").attr("asarray")(obj);
-  if (a.ndim() != ndim) {
-    throw py::value_error(
-        fmt::format("{}: expected a {}-D array, got {} dimensions", name, ndim, a.ndim()));
-  }
-  for (int d = 0; d < ndim; ++d) {
-    if (a.shape(d) > INT_MAX) {
-      throw py::value_error(fmt::format("{}: dimension {} is {}, too large", name, d, a.shape(d)));
-    }
-  }
-  const char kind = a.dtype().kind();  // i, u: integers; f: floating point
-  if (!(kind == 'i' || kind == 'u' || (floats && kind == 'f'))) {
-    throw py::type_error(fmt::format("{}: expected an array of {}, got dtype {}", name,
-                                     floats ? "numbers" : "integers",
-                                     std::string(py::str(a.dtype()))));
-  }
-  return a;
-}
 
 LoadMatrix ToLoad(const py::object& obj, const char* name) {
   const DoubleArray a = DoubleArray::ensure(AsArray(obj, name, 2, /*floats=*/true));
@@ -188,6 +140,7 @@ std::tuple<Int64Array, Int64Array, Int64Array> RebalanceExperts(
 
 PYBIND11_MODULE(swiftbalancer, m) {
   using namespace eplb;
+  BindRuntime(m);
   m.doc() = "SwiftBalancer: expert-parallel load balancing for MoE inference (numpy arrays).";
   m.attr("__version__") = EPLB_VERSION;
   m.attr("algorithms") = BalancerNames();

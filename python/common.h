@@ -1,0 +1,69 @@
+// What the binding's source files share: error translation and array checks.
+#pragma once
+
+#include <fmt/format.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <climits>
+#include <string>
+#include <utility>
+
+#include "eplb/status.h"
+
+namespace py = pybind11;
+
+namespace eplb {
+
+using Int64Array = py::array_t<int64_t, py::array::c_style>;
+using DoubleArray = py::array_t<double, py::array::c_style>;
+
+[[noreturn]] inline void Raise(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kInvalidArgument:
+      throw py::value_error(s.message());
+    case StatusCode::kNotFound:
+      PyErr_SetString(PyExc_FileNotFoundError, s.message().c_str());
+      throw py::error_already_set();
+    case StatusCode::kIoError:
+      PyErr_SetString(PyExc_OSError, s.message().c_str());
+      throw py::error_already_set();
+    default:
+      throw std::runtime_error(s.message());
+  }
+}
+template <typename T>
+T Take(StatusOr<T> r) {
+  if (!r.ok()) Raise(r.status());
+  return std::move(r).value();
+}
+inline void Check(const Status& s) {
+  if (!s.ok()) Raise(s);
+}
+
+// numpy.asarray(obj), which must have `ndim` dimensions (each below 2^31) and hold integers, or
+// with `floats` any real numbers.
+inline py::array AsArray(const py::object& obj, const char* name, int ndim, bool floats) {
+  py::array a = py::module_::import("numpy").attr("asarray")(obj);
+  if (a.ndim() != ndim) {
+    throw py::value_error(
+        fmt::format("{}: expected a {}-D array, got {} dimensions", name, ndim, a.ndim()));
+  }
+  for (int d = 0; d < ndim; ++d) {
+    if (a.shape(d) > INT_MAX) {
+      throw py::value_error(fmt::format("{}: dimension {} is {}, too large", name, d, a.shape(d)));
+    }
+  }
+  const char kind = a.dtype().kind();  // i, u: integers; f: floating point
+  if (!(kind == 'i' || kind == 'u' || (floats && kind == 'f'))) {
+    throw py::type_error(fmt::format("{}: expected an array of {}, got dtype {}", name,
+                                     floats ? "numbers" : "integers",
+                                     std::string(py::str(a.dtype()))));
+  }
+  return a;
+}
+
+// The runtime (runtime.cc): Communicator, in_process_world, mpi_communicator, Controller.
+void BindRuntime(py::module_& m);
+
+}  // namespace eplb
