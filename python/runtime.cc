@@ -52,7 +52,7 @@ class PyController {
     ctl_ = Take(std::move(made));
     InUse().insert(c);
   }
-  ~PyController() { Close(); }
+  ~PyController() { Release(); }  // no step() runs: a call holds a reference to the object
   PyController(const PyController&) = delete;
   PyController& operator=(const PyController&) = delete;
 
@@ -119,10 +119,12 @@ class PyController {
   std::optional<std::string> Step() {
     Controller& c = ctl();
     Status s;
+    ++stepping_;  // changed with the GIL held
     {
       py::gil_scoped_release unlocked;
       s = c.Step();
     }
+    --stepping_;
     if (s.ok()) return std::nullopt;
     if (s.code() == StatusCode::kFailedPrecondition) Raise(s);
     return s.ToString();
@@ -130,6 +132,14 @@ class PyController {
 
   // Stops the worker; the registered buffers and the communicator are released after it.
   void Close() {
+    if (stepping_ > 0) {
+      throw std::runtime_error("close: step() is running on another thread; close after it");
+    }
+    Release();
+  }
+
+ private:
+  void Release() {
     if (!ctl_) return;
     std::unique_ptr<Controller> gone = std::move(ctl_);
     {
@@ -140,7 +150,6 @@ class PyController {
     InUse().erase(comm_.cast<Communicator*>());
   }
 
- private:
   // A dict, JSON text (starting with '{'), a path, or None (the defaults).
   static RuntimeConfig ToConfig(const py::object& config) {
     if (config.is_none()) return RuntimeConfig{};
@@ -162,6 +171,7 @@ class PyController {
   py::object comm_;
   std::vector<py::object> kept_;
   std::unique_ptr<Controller> ctl_;
+  int stepping_ = 0;  // step() calls running with the GIL released
 };
 
 Int64Array ToArray(std::span<const int> v) {
