@@ -61,7 +61,7 @@ class PyController {
     return *ctl_;
   }
 
-  void RegisterExpert(int layer, int slot, const py::list& tensors) {
+  void RegisterExpert(int layer, int slot, const py::sequence& tensors) {
     std::vector<std::span<std::byte>> spans;
     for (size_t i = 0; i < tensors.size(); ++i) {
       const py::object t = tensors[i];

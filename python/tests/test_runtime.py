@@ -142,8 +142,10 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
         ctl.register_expert(0, 0, [good, frozen])
     with pytest.raises(ValueError, match="expected a C-contiguous buffer"):
         ctl.register_expert(0, 0, [np.zeros((4, 4), dtype=np.float32)[:, 1]])
-    with pytest.raises(ValueError, match="8"):  # the library names the slot range
+    with pytest.raises(ValueError, match="layer 0 slot 8 is outside 2 layers x 8 slots per rank"):
         ctl.register_expert(0, 8, [good])
+    with pytest.raises(ValueError, match="layer 0 slot 0: no tensors"):
+        ctl.register_expert(0, 0, [])
     with pytest.raises(RuntimeError, match="Step: called before Start"):
         ctl.step()
     buffers = []
@@ -151,7 +153,7 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
         for t in range(s):
             buffers.append(np.zeros(4, dtype=np.float32))
             if (l, t) != (1, s - 1):
-                ctl.register_expert(l, t, [buffers[-1]])
+                ctl.register_expert(l, t, (buffers[-1],))  # any sequence of buffers
     with pytest.raises(RuntimeError, match="Start: layer 1 slot 7 has no registered expert"):
         ctl.start()
     ctl.register_expert(1, s - 1, [buffers[-1]])
