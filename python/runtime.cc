@@ -63,13 +63,22 @@ class PyController {
 
   void RegisterExpert(int layer, int slot, const py::sequence& tensors) {
     std::vector<std::span<std::byte>> spans;
+    std::vector<py::object> views;  // what is registered: the buffers, torch tensors' views
     for (size_t i = 0; i < tensors.size(); ++i) {
-      const py::object t = tensors[i];
+      py::object t = tensors[i];
       const std::string where = fmt::format("register_expert({}, {}): tensor {}", layer, slot, i);
+      if (!PyObject_CheckBuffer(t.ptr()) && py::hasattr(t, "numpy") && py::hasattr(t, "device")) {
+        // A torch tensor: its numpy view shares its memory (and keeps it alive).
+        const std::string device = py::str(t.attr("device"));
+        if (device != "cpu") {
+          throw py::type_error(fmt::format(
+              "{}: expected host memory, got a tensor on {} (the runtime moves host buffers)",
+              where, device));
+        }
+        t = t.attr("detach")().attr("numpy")();
+      }
       if (!PyObject_CheckBuffer(t.ptr())) {
-        throw py::type_error(where +
-                             ": expected a buffer (a numpy array; for a CPU torch tensor pass "
-                             "tensor.numpy()), got " +
+        throw py::type_error(where + ": expected a buffer (a numpy array or a CPU torch tensor), got " +
                              std::string(py::str(py::type::of(t).attr("__name__"))));
       }
       py::buffer_info info;
@@ -89,9 +98,10 @@ class PyController {
       }
       spans.emplace_back(static_cast<std::byte*>(info.ptr),
                          static_cast<size_t>(info.size * info.itemsize));
+      views.push_back(std::move(t));
     }
     Check(ctl().RegisterExpert(layer, slot, std::move(spans)));
-    for (size_t i = 0; i < tensors.size(); ++i) kept_.push_back(tensors[i]);
+    for (py::object& v : views) kept_.push_back(std::move(v));
   }
 
   void RecordLoad(int layer, const py::object& tokens) {

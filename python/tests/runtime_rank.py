@@ -27,18 +27,22 @@ def skewed_load(seed=3):
     return np.floor(100 * popularity / popularity.mean(axis=1, keepdims=True)) + 1
 
 
-def run_rank(comm, steps=60, config=CONFIG, min_cycles=2, wait_cycles=0):
+def numpy_buffer(value):
+    return np.full(8, value, dtype=np.float32)
+
+
+def run_rank(comm, steps=60, config=CONFIG, min_cycles=2, wait_cycles=0, buffer=numpy_buffer):
     """Runs one rank for at least `steps` steps and until `min_cycles` cycles have ended (a cycle
     ends at the same step on every rank, so every rank stops at the same step), then waits up to
     60 s for the worker to count `wait_cycles` cycles (static mode: the worker's own pace);
-    returns what the test checks."""
+    returns what the test checks. `buffer(value)` makes a slot's buffer filled with value."""
     load = skewed_load()
     r = comm.rank
     with sb.Controller(config, LAYERS, EXPERTS, comm) as ctl:
         s = ctl.slots_per_rank
         initial = ctl.initial_placement
-        buffers = [[np.full(8, 1000 * l + initial[l][r * s + t], dtype=np.float32)
-                    for t in range(s)] for l in range(LAYERS)]
+        buffers = [[buffer(1000 * l + int(initial[l][r * s + t])) for t in range(s)]
+                   for l in range(LAYERS)]
         for l in range(LAYERS):
             for t in range(s):
                 ctl.register_expert(l, t, [buffers[l][t]])
@@ -64,7 +68,7 @@ def run_rank(comm, steps=60, config=CONFIG, min_cycles=2, wait_cycles=0):
             time.sleep(0.001)
         final = np.stack([ctl.routing(l)["phy2log"] for l in range(LAYERS)])
         wrong = [(l, t) for l in range(LAYERS) for t in range(s)
-                 if not (buffers[l][t] == 1000 * l + final[l][r * s + t]).all()]
+                 if not bool((buffers[l][t] == 1000 * l + int(final[l][r * s + t])).all())]
         return {"rank": r, "errors": errors, "wrong_slots": wrong,
                 "initial": initial.tolist(), "final": final.tolist(),
                 "commits": [list(c) for c in ctl.commit_log()], "metrics": ctl.metrics()}

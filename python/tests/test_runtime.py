@@ -133,8 +133,8 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
     s = ctl.slots_per_rank
     assert s == 8 and ctl.rank == 0
     good = np.zeros(4, dtype=np.float32)
-    with pytest.raises(TypeError, match=r"register_expert\(0, 0\): tensor 0: expected a buffer .*"
-                                        r"tensor.numpy\(\)\), got list"):
+    with pytest.raises(TypeError, match=r"register_expert\(0, 0\): tensor 0: expected a buffer \(a "
+                                        r"numpy array or a CPU torch tensor\), got list"):
         ctl.register_expert(0, 0, [[1.0, 2.0]])
     frozen = np.zeros(4, dtype=np.float32)
     frozen.flags.writeable = False
@@ -183,3 +183,13 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
     ctl.close()  # twice is fine
     with pytest.raises(ValueError, match="the controller is closed"):
         ctl.step()
+
+
+def test_cpu_torch_tensors_are_registered_in_place():
+    torch = pytest.importorskip("torch", reason="python3-torch is not installed (optional)")
+    # Committed experts land in the tensors themselves (requires_grad too: a detached view).
+    check_world(run_world(buffer=lambda v: torch.full((8,), float(v), requires_grad=True)))
+    world = sb.in_process_world(1)
+    with sb.Controller(None, 1, 4, world[0]) as ctl:
+        with pytest.raises(TypeError, match="expected host memory, got a tensor on meta"):
+            ctl.register_expert(0, 0, [torch.zeros(3, device="meta")])
