@@ -104,15 +104,23 @@ class Reader {
   const std::string& origin_;
 };
 
-// One configuration key: its name, how it is read from JSON into the struct, and how the value
-// the struct holds is checked (for a configuration built in code; "" when valid, else "expected
-// ..., got ..."). A key's range is written once, in its builder below, and serves both.
+// One configuration key: its name, how it is read from JSON into the struct, how the value the
+// struct holds is checked (for a configuration built in code; "" when valid, else "expected ...,
+// got ...") and written back as JSON. A key's range is written once, in its builder below, and
+// serves the reader and the check.
 struct Key {
   std::string_view name;
   std::function<Status(const Reader& r, const std::string& key, const json& v, RuntimeConfig& c)>
       read;
   std::function<std::string(const RuntimeConfig& c)> check;  // empty: every value is valid
+  std::function<nlohmann::ordered_json(const RuntimeConfig& c)> value;
 };
+
+// The member's value as JSON, for RuntimeConfigToJson.
+template <typename Field>
+auto ValueOf(Field field) {
+  return [=](const RuntimeConfig& c) { return nlohmann::ordered_json(field(c)); };
+}
 
 // An integer key in [lo, hi] of type T (`field` gives the member, const or not). A range with no
 // upper bound of its own (hi is T's max) is named "an integer >= lo" unless the value is above it.
@@ -140,7 +148,8 @@ Key IntKey(std::string_view name, Field field, int64_t lo,
             const int64_t i = field(c);
             return i < lo || i > hi ? fmt::format("expected {}, got {}", expected(i > hi), i)
                                     : std::string();
-          }};
+          },
+          ValueOf(field)};
 }
 
 // A number key >= lo, or in (lo, hi] when hi is given; integers count as numbers, booleans do
@@ -161,7 +170,8 @@ Key NumberKey(std::string_view name, Field field, double lo,
           [=](const RuntimeConfig& c) {
             return valid(field(c)) ? std::string()
                                    : fmt::format("expected {}, got {}", expected, field(c));
-          }};
+          },
+          ValueOf(field)};
 }
 
 template <typename Field>
@@ -169,7 +179,8 @@ Key BoolKey(std::string_view name, Field field) {
   return {name, [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
             return r.Bool(k, v, &field(c));
           },
-          {}};
+          {},
+          ValueOf(field)};
 }
 
 template <typename Field>
@@ -177,7 +188,8 @@ Key StringKey(std::string_view name, Field field) {
   return {name, [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
             return r.String(k, v, &field(c));
           },
-          {}};
+          {},
+          ValueOf(field)};
 }
 
 // "one of "swift", "deepseek"": the registry's names.
@@ -216,7 +228,8 @@ const std::vector<Key>& Keys() {
          return KnownAlgorithm(c.algorithm) ? std::string()
                                             : fmt::format("expected {}, got {}", AlgorithmNames(),
                                                           Shown(json(c.algorithm)));
-       }},
+       },
+       ValueOf(EPLB_FIELD(algorithm))},
       StringKey("expert_load_path", EPLB_FIELD(expert_load_path)),
       IntKey<int>("expert_heat_windows", EPLB_FIELD(expert_heat_windows), 1,
                   RuntimeConfig::kMaxHeatWindows),
@@ -433,25 +446,9 @@ AlgorithmOptions BalancerOptions(const RuntimeConfig& config) {
 }
 
 std::string RuntimeConfigToJson(const RuntimeConfig& config) {
-  // ordered_json keeps the order of config.h rather than sorting the keys.
-  nlohmann::ordered_json keys;
-  keys["dynamic_eplb"] = config.dynamic_eplb;
-  keys["expert_heat_collection_interval"] = config.expert_heat_collection_interval;
-  keys["algorithm_execution_interval"] = config.algorithm_execution_interval;
-  keys["num_redundant_experts"] = config.num_redundant_experts;
-  keys["expert_map_path"] = config.expert_map_path;
-  keys["expert_map_record_path"] = config.expert_map_record_path;
-  keys["algorithm"] = config.algorithm;
-  keys["expert_load_path"] = config.expert_load_path;
-  keys["expert_heat_windows"] = config.expert_heat_windows;
-  keys["max_layers_in_flight"] = config.max_layers_in_flight;
-  keys["imbalance_threshold"] = config.imbalance_threshold;
-  keys["transfer_timeout_ms"] = config.transfer_timeout_ms;
-  keys["balancer_threads"] = config.balancer_threads;
-  keys["target_balancedness"] = config.algorithm_options.target_balancedness;
-  keys["max_changes_per_layer"] = config.algorithm_options.max_changes_per_layer;
-  keys["max_changes_per_cycle"] = config.algorithm_options.max_changes_per_cycle;
-  keys["inter_node_cost"] = config.algorithm_options.inter_node_cost;
+  // ordered_json keeps the order of Keys() (config.h's) rather than sorting the keys.
+  nlohmann::ordered_json keys = nlohmann::ordered_json::object();
+  for (const Key& key : Keys()) keys[std::string(key.name)] = key.value(config);
   nlohmann::ordered_json doc;
   doc[std::string(kWrapper)] = std::move(keys);
   // A path that is not valid UTF-8 is written with U+FFFD rather than throwing.
