@@ -106,19 +106,18 @@ class PyController {
 
   void RecordLoad(int layer, const py::object& tokens) {
     Controller& c = ctl();
-    // numpy arrays of int64 or int32 are read in place; anything else is converted.
+    // Aligned contiguous 1-D numpy arrays of int64 or int32 are read in place; anything else is
+    // converted.
+    auto in_place = [](const auto& a) {
+      return a.ndim() == 1 && (a.flags() & py::array::c_style) &&
+             reinterpret_cast<uintptr_t>(a.data()) % alignof(decltype(*a.data())) == 0;
+    };
     if (py::isinstance<py::array_t<int64_t>>(tokens)) {
       const auto a = py::reinterpret_borrow<py::array_t<int64_t>>(tokens);
-      if (a.ndim() == 1 && (a.flags() & py::array::c_style)) {
-        c.RecordLoad(layer, std::span<const int64_t>(a.data(), a.size()));
-        return;
-      }
+      if (in_place(a)) return c.RecordLoad(layer, std::span<const int64_t>(a.data(), a.size()));
     } else if (py::isinstance<py::array_t<int32_t>>(tokens)) {
       const auto a = py::reinterpret_borrow<py::array_t<int32_t>>(tokens);
-      if (a.ndim() == 1 && (a.flags() & py::array::c_style)) {
-        c.RecordLoad(layer, std::span<const int32_t>(a.data(), a.size()));
-        return;
-      }
+      if (in_place(a)) return c.RecordLoad(layer, std::span<const int32_t>(a.data(), a.size()));
     }
     const Int64Array a = Int64Array::ensure(AsArray(tokens, "tokens", 1, /*floats=*/false));
     c.RecordLoad(layer, std::span<const int64_t>(a.data(), a.size()));

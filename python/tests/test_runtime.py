@@ -166,6 +166,10 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
         ctl.record_load(0, np.ones((2, s), dtype=np.int64))
     ctl.record_load(0, [1] * s)  # a list is converted
     ctl.record_load(0, np.ones(s, dtype=np.int32))
+    misaligned = np.zeros(8 * s + 1, dtype=np.uint8)[1:].view(np.int64)
+    misaligned[:] = 1
+    assert not misaligned.flags.aligned
+    ctl.record_load(0, misaligned)  # converted, not read in place
     assert ctl.step() is None
     ctl.record_load(1, np.ones(s - 1, dtype=np.int64))  # wrong length: reported by step()
     error = ctl.step()
