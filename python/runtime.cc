@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <set>
@@ -120,7 +121,10 @@ class PyController {
       if (in_place(a)) return c.RecordLoad(layer, std::span<const int32_t>(a.data(), a.size()));
     }
     const Int64Array a = Int64Array::ensure(AsArray(tokens, "tokens", 1, /*floats=*/false));
-    c.RecordLoad(layer, std::span<const int64_t>(a.data(), a.size()));
+    if (in_place(a)) return c.RecordLoad(layer, std::span<const int64_t>(a.data(), a.size()));
+    std::vector<int64_t> aligned(a.size());  // numpy keeps a misaligned view misaligned
+    std::memcpy(aligned.data(), a.data(), aligned.size() * sizeof(int64_t));
+    c.RecordLoad(layer, aligned);
   }
 
   // None, or the failure Step() reports (the engine keeps running on the placement in use).
