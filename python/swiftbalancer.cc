@@ -174,8 +174,10 @@ does, and returns its three arrays (int64): phy2log [layers, num_replicas], log2
 experts, num_replicas - experts + 1] (each expert's physical slots in rank order, padded with -1)
 and logcnt [layers, experts]. With current (a phy2log array of the placement in use), swift moves
 as few experts as it can, and the result of either algorithm is slot-stable: an expert that stays
-on its rank keeps its slot. algorithm: "swift" (default) or "deepseek" (output-identical to the
-reference without current); the other keywords are swift's options (README).)");
+on its rank keeps its slot. num_groups that divide over num_nodes > 1 select the hierarchical
+policy (each group on one node), for both algorithms. algorithm: "swift" (default) or "deepseek"
+(output-identical to the reference without current); the other keywords are swift's options
+(README).)");
 
   m.def(
       "balancedness",

@@ -34,6 +34,11 @@
 // replica, heaviest replica first onto the lightest rank with a free slot that lacks the expert,
 // then the most loaded rank is repeatedly relieved by the step that lowers it most.
 //
+// Groups that divide over several nodes (and nodes whose experts fill a rank's slots) select the
+// hierarchical policy, as in the reference: a fresh placement packs the groups onto nodes
+// (PackGroups) and balances each node's experts over its own ranks; a re-plan confines every
+// replica it places to its group's node in the placement in use (HomesOf, LayerState::Allowed).
+//
 // Layers are independent unless a per-cycle cap makes them share a budget, so without one they
 // may be balanced on several threads (AlgorithmOptions::threads) with the same result.
 //
@@ -91,9 +96,14 @@ struct Step {
 class LayerState {
  public:
   // With track_changes, changes are counted from phy2log; ranks_per_node > 0 and
-  // inter_node_cost > 1 weigh a change that must fetch its expert from another node.
+  // inter_node_cost > 1 weigh a change that must fetch its expert from another node. A non-empty
+  // `home` (per expert, a node of ranks_per_node ranks) confines every replica a step places to
+  // its expert's home node.
   void Reset(std::span<const double> w, std::span<const int> phy2log, int ranks, int slots_per_rank,
-             bool track_changes, int ranks_per_node = 0, double inter_node_cost = 1.0) {
+             bool track_changes, int ranks_per_node = 0, double inter_node_cost = 1.0,
+             std::span<const int> home = {}) {
+    home_ = home;
+    home_rpn_ = home.empty() ? ranks : ranks_per_node;
     // Clears only the entries the previous layer set when the shape is the same.
     const bool same_shape =
         ranks == R_ && slots_per_rank == S_ && static_cast<int>(w.size()) == E_ && !slot_.empty();
@@ -173,6 +183,8 @@ class LayerState {
   double MostWeight() const { return weight_of_[2]; }
   // Whether changes are weighed by node; then node k is ranks [k * rpn_, (k + 1) * rpn_).
   bool NodeAware() const { return rpn_ < R_; }
+  // Whether a step may place expert e on rank r (its home node, when experts have homes).
+  bool Allowed(int r, int e) const { return home_.empty() || home_[e] == r / home_rpn_; }
   int RanksPerNode() const { return rpn_; }
   // How many of rank r's slots hold an expert r did not hold originally (tracked mode only).
   int Arrived(int r) const { return arrived_[r]; }
@@ -275,6 +287,8 @@ class LayerState {
   std::vector<int> orig_slot_;  // slot_ of the original placement
   std::vector<int> arrived_;    // per rank, see Arrived()
   int changes_ = 0;
+  std::span<const int> home_;   // per expert, its home node (empty: none)
+  int home_rpn_ = 0;            // ranks per node of home_
 };
 
 // From-scratch refinement: repeatedly lowers the most loaded rank h by the step that lowers it
@@ -696,7 +710,7 @@ class ExcessSearch : public LayerState {
           }
           break;
         }
-        if (j == h || Holds(j, x)) continue;
+        if (j == h || Holds(j, x) || !Allowed(j, x)) continue;
         // The swap's weight is at least x's part plus, when nothing has arrived on j (so every y
         // there is original) and j holds nothing h held originally, 1 for y on h. Skip j when
         // that leaves no chance to beat best. (Like the break above, this ignores candidates that
@@ -719,7 +733,7 @@ class ExcessSearch : public LayerState {
           const double py = Piece(y);
           if (py >= px) continue;
           const double removed = exc_h - Exc(lh - px + py) - (Exc(lj + px - py) - exc_j);
-          if (removed <= best.value || Holds(h, y)) continue;
+          if (removed <= best.value || Holds(h, y) || !Allowed(h, y)) continue;
           Step c{Step::kSwap, hs, y, jt, x};
           if constexpr (kNodes) {
             c.weight = x_part + Weight(h, y) - Weight(j, y);
@@ -736,7 +750,7 @@ class ExcessSearch : public LayerState {
       const double lost = count_[x] >= 2 ? loss_remove_[x] - RemoveTerm(x, h) : 0.0;
       if (count_[x] >= 2 && top_gain - lost + std::min(exc_h, px) > best.value) {
         for (int y : hot_) {
-          if (y == x || Holds(h, y)) continue;
+          if (y == x || Holds(h, y) || !Allowed(h, y)) continue;
           const double estimate = gain_add_[y] - lost + Exc(lh) - Exc(lh - px + PieceMore(y));
           Step c{Step::kRelease, hs, y};
           c.cost = Changed(h, y) - Changed(h, x);
@@ -771,7 +785,7 @@ class ExcessSearch : public LayerState {
         if (gain_add_[x] - donor_cost <= best.value) break;
         const int j = jt / S_;
         const int y = slot_[jt];
-        if (y == x || Holds(j, x) || reserved_[j] == reserve_stamp_) continue;
+        if (y == x || Holds(j, x) || reserved_[j] == reserve_stamp_ || !Allowed(j, x)) continue;
         const double lj = load_[j];
         const double estimate = gain_add_[x] - donor_cost - (Exc(lj - Piece(y) + px_new) - Exc(lj));
         Step c{Step::kReplicate, jt, x};
@@ -1028,6 +1042,53 @@ void ParallelFor(int n, int threads, F fn) {
   work();
 }
 
+// The hierarchical policy, as deepseek's: several nodes, and expert groups (consecutive blocks of
+// experts) that divide evenly over them. Each group then lives on one node, so that group-limited
+// routing also limits the nodes a token visits. A node's experts must fill a rank's slots with
+// distinct experts (experts / nodes >= slots per rank); otherwise the global policy.
+bool Hierarchical(const Shape& s) {
+  return s.nodes > 1 && s.groups % s.nodes == 0 && s.experts / s.nodes >= s.slots_per_rank;
+}
+
+// Each expert's home node for a fresh placement: groups packed onto nodes, groups / nodes each,
+// heaviest group first (ties: lower group) onto the lightest node with room (ties: lower node).
+void PackGroups(std::span<const double> w, const Shape& s, std::vector<int>& home) {
+  const int G = s.groups, N = s.nodes, per_group = s.experts / G;
+  std::vector<double> group_load(G, 0.0), node_load(N, 0.0);
+  std::vector<int> order(G), room(N, G / N), node_of(G);
+  for (int e = 0; e < s.experts; ++e) group_load[e / per_group] += w[e];
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return group_load[a] > group_load[b]; });
+  for (int g : order) {
+    int best = -1;
+    for (int n = 0; n < N; ++n) {
+      if (room[n] > 0 && (best < 0 || node_load[n] < node_load[best])) best = n;
+    }
+    node_of[g] = best;
+    --room[best];
+    node_load[best] += group_load[g];
+  }
+  home.resize(s.experts);
+  for (int e = 0; e < s.experts; ++e) home[e] = node_of[e / per_group];
+}
+
+// Each expert's home node in a placement in use: the node holding most replicas of its group's
+// experts (ties: lower node).
+void HomesOf(std::span<const int> phy2log, const Shape& s, std::vector<int>& home) {
+  const int G = s.groups, N = s.nodes, per_group = s.experts / G;
+  const int slots_per_node = s.ranks_per_node() * s.slots_per_rank;
+  std::vector<int> count(static_cast<size_t>(G) * N, 0);
+  for (int i = 0; i < static_cast<int>(phy2log.size()); ++i) {
+    ++count[static_cast<size_t>(phy2log[i] / per_group) * N + i / slots_per_node];
+  }
+  home.resize(s.experts);
+  for (int e = 0; e < s.experts; ++e) {
+    const int* c = &count[static_cast<size_t>(e / per_group) * N];
+    home[e] = static_cast<int>(std::max_element(c, c + N) - c);  // the first of the largest
+  }
+}
+
 // The options' documented ranges (checked once, when the balancer is made).
 Status ValidateOptions(const AlgorithmOptions& o) {
   if (!(o.target_balancedness > 0 && o.target_balancedness <= 1)) {
@@ -1089,15 +1150,36 @@ class Swift final : public Balancer {
       struct Worker {
         PeakSearch search;
         Packer packer;
+        std::vector<int> home, experts;  // hierarchical: homes, and one node's experts
+        std::vector<double> sub;         // ... and their loads
       };
-      ParallelFor<Worker>(shape.layers, options_.threads, [&](int l, Worker& w) {
+      // Balances `w` over `ranks` ranks into out (ranks x slots per rank ids of w's experts).
+      auto fresh = [&](Worker& wk, std::span<const double> w, int ranks, int* out) {
+        auto packed = wk.packer.Pack(w, Replicate(w, ranks * shape.slots_per_rank, ranks), ranks,
+                                     shape.slots_per_rank);
+        wk.search.Reset(w, packed, ranks, shape.slots_per_rank, /*track_changes=*/false);
+        wk.search.Improve(kScratchTarget, kScratchMinGain, 8 * ranks * shape.slots_per_rank);
+        std::copy(wk.search.slots().begin(), wk.search.slots().end(), out);
+      };
+      ParallelFor<Worker>(shape.layers, options_.threads, [&](int l, Worker& wk) {
         auto row = load.row(l);
-        auto packed = w.packer.Pack(row, Replicate(row, slots, shape.ranks), shape.ranks,
-                                    shape.slots_per_rank);
-        w.search.Reset(row, packed, shape.ranks, shape.slots_per_rank, /*track_changes=*/false);
-        w.search.Improve(kScratchTarget, kScratchMinGain, max_steps);
-        std::copy(w.search.slots().begin(), w.search.slots().end(),
-                  ids.begin() + static_cast<size_t>(l) * slots);
+        int* out = ids.data() + static_cast<size_t>(l) * slots;
+        if (!Hierarchical(shape)) return fresh(wk, row, shape.ranks, out);
+        // Each node balances its groups' experts over its own ranks.
+        PackGroups(row, shape, wk.home);
+        const int rpn = shape.ranks_per_node(), node_slots = rpn * shape.slots_per_rank;
+        for (int n = 0; n < shape.nodes; ++n) {
+          wk.experts.clear();
+          wk.sub.clear();
+          for (int e = 0; e < shape.experts; ++e) {
+            if (wk.home[e] != n) continue;
+            wk.experts.push_back(e);
+            wk.sub.push_back(row[e]);
+          }
+          int* node_out = out + static_cast<size_t>(n) * node_slots;
+          fresh(wk, wk.sub, rpn, node_out);
+          for (int i = 0; i < node_slots; ++i) node_out[i] = wk.experts[node_out[i]];
+        }
       });
     } else {
       const Placement& current = *input.current;
@@ -1123,12 +1205,21 @@ class Swift final : public Balancer {
       // Descending on the excess over an unreachable cap trades the peak for the rest, so a
       // layer that ends clearly short of its target is searched again from its placement with
       // lower targets; the best result is kept (ties: fewer changes). Returns the slots changed.
-      auto balance_layer = [&](int l, int64_t budget, ExcessSearch& search) {
+      // Hierarchical: every replica a step places stays on its expert's home node (of its group,
+      // in the placement in use).
+      struct Replan {
+        ExcessSearch search;
+        std::vector<int> home;
+      };
+      auto balance_layer = [&](int l, int64_t budget, Replan& w) {
+        ExcessSearch& search = w.search;
+        if (Hierarchical(shape)) HomesOf(current.layer(l), shape, w.home);
         double best = before[l];
         int best_changes = 0;
         for (double target = options_.target_balancedness;;) {
           search.Reset(load.row(l), current.layer(l), shape.ranks, shape.slots_per_rank,
-                       /*track_changes=*/true, shape.ranks_per_node(), options_.inter_node_cost);
+                       /*track_changes=*/true, shape.ranks_per_node(), options_.inter_node_cost,
+                       w.home);
           search.Improve(target, static_cast<int>(budget), options_.min_gain_per_change, max_steps);
           const double got = search.best_balancedness();
           if (search.best_changes() > 0 &&
@@ -1154,21 +1245,20 @@ class Swift final : public Balancer {
       const int64_t layer_cap =
           options_.max_changes_per_layer < 0 ? slots : options_.max_changes_per_layer;
       if (options_.max_changes_per_cycle < 0) {  // layers are independent
-        ParallelFor<ExcessSearch>(
-            static_cast<int>(todo.size()), options_.threads,
-            [&](int i, ExcessSearch& search) { balance_layer(todo[i], layer_cap, search); });
+        ParallelFor<Replan>(static_cast<int>(todo.size()), options_.threads,
+                            [&](int i, Replan& w) { balance_layer(todo[i], layer_cap, w); });
       } else {
         // A per-cycle budget is shared in proportion to need, and what a layer leaves unused
         // passes on to the layers after it.
         int64_t cycle_left = options_.max_changes_per_cycle;
-        ExcessSearch search;
+        Replan w;
         for (int l : todo) {
           const double share = need_left > 0 ? cycle_left * (need[l] / need_left) : cycle_left;
           int64_t budget =
               std::min<int64_t>(layer_cap, static_cast<int64_t>(std::ceil(share - 1e-9)));
           budget = std::min(budget, cycle_left);
           need_left -= need[l];
-          cycle_left -= balance_layer(l, budget, search);
+          cycle_left -= balance_layer(l, budget, w);
         }
       }
       std::sort(result.skipped_layers.begin(), result.skipped_layers.end());

@@ -194,6 +194,7 @@ TEST(SwiftTest, NodesWeighNothingAtInterNodeCostOneOrOnOneNode) {
     std::mt19937_64 rng(seed);
     Shape shape = testing::RandomShape(rng);
     if (shape.nodes == 1 && shape.ranks % 2 == 0) shape.nodes = 2;
+    shape.groups = 1;  // groups that divide over the nodes confine experts to nodes (below)
     const LoadMatrix load = testing::RandomLoad(rng, shape);
     const Placement current = testing::RandomPlacement(rng, shape);
     Shape one_node = shape;
@@ -241,6 +242,84 @@ TEST(SwiftTest, WeighingNodesCopiesFewerExpertsBetweenNodes) {
   EXPECT_LE(between_weighed * 2, between_ignored);
   EXPECT_GE(MeanBalancedness(b, weighed->placement), 0.97);
   EXPECT_GE(MeanBalancedness(b, ignored->placement), 0.97);
+}
+
+// The node of every replica of each expert group in a layer (-1: the group spans nodes).
+std::vector<int> GroupNodes(const Placement& p, const Shape& shape, int layer) {
+  std::vector<int> node(shape.groups, -2);  // -2: not seen yet
+  const int per_group = shape.experts / shape.groups;
+  const std::span<const int> ids = p.layer(layer);
+  for (int i = 0; i < static_cast<int>(ids.size()); ++i) {
+    int& n = node[ids[i] / per_group];
+    const int here = shape.NodeOf(i / shape.slots_per_rank);
+    n = n == -2 || n == here ? here : -1;
+  }
+  return node;
+}
+
+// Groups that divide over the nodes: each group's replicas on one node, groups / nodes groups per
+// node, as deepseek's hierarchical policy; and a re-plan keeps every replica on its group's node.
+TEST(SwiftTest, GroupsThatDivideOverNodesStayOnOneNode) {
+  double swift_sum = 0, deepseek_sum = 0;
+  for (uint64_t seed = 1; seed <= 60; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    const int nodes = seed % 2 ? 2 : 4;
+    const Shape shape{.layers = 3,
+                      .experts = 32,
+                      .ranks = 16,
+                      .slots_per_rank = 2 + static_cast<int>(seed % 4),
+                      .nodes = nodes,
+                      .groups = 8};
+    const LoadMatrix a = testing::RandomLoad(rng, shape), b = testing::RandomLoad(rng, shape);
+    auto fresh = RunSwift(a, shape);
+    ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+    ASSERT_TRUE(ValidatePlacement(fresh->placement, shape).ok());
+    auto two_threads = RunSwift(a, shape, nullptr, {.threads = 2});
+    ASSERT_TRUE(two_threads.ok());
+    EXPECT_EQ(two_threads->placement, fresh->placement);
+    auto replan = RunSwift(b, shape, &fresh->placement);
+    ASSERT_TRUE(replan.ok()) << replan.status().ToString();
+    ASSERT_TRUE(ValidatePlacement(replan->placement, shape).ok());
+    for (int l = 0; l < shape.layers; ++l) {
+      const std::vector<int> home = GroupNodes(fresh->placement, shape, l);
+      std::vector<int> groups_on(nodes, 0);
+      for (int n : home) {
+        ASSERT_GE(n, 0) << "layer " << l << ": a group spans nodes";
+        ++groups_on[n];
+      }
+      EXPECT_EQ(groups_on, std::vector<int>(nodes, shape.groups / nodes)) << "layer " << l;
+      EXPECT_EQ(GroupNodes(replan->placement, shape, l), home) << "layer " << l;
+    }
+    auto deepseek = (*MakeBalancer("deepseek"))->Balance({&a, shape, nullptr});
+    ASSERT_TRUE(deepseek.ok());
+    swift_sum += MeanBalancedness(a, fresh->placement);
+    deepseek_sum += MeanBalancedness(a, deepseek->placement);
+  }
+  EXPECT_GE(swift_sum, deepseek_sum);  // on average at least as balanced as the reference
+}
+
+// Otherwise (groups that do not divide over the nodes, or a node's experts too few to fill a
+// rank's slots with distinct experts) swift balances globally: groups change nothing.
+TEST(SwiftTest, OtherwiseGroupsChangeNothing) {
+  const std::vector<Shape> shapes = {
+      {.layers = 2, .experts = 24, .ranks = 8, .slots_per_rank = 4, .nodes = 4, .groups = 6},
+      {.layers = 2, .experts = 8, .ranks = 8, .slots_per_rank = 3, .nodes = 4, .groups = 4}};
+  for (const Shape& shape : shapes) {
+    SCOPED_TRACE(shape.ToString());
+    std::mt19937_64 rng(5);
+    const LoadMatrix load = testing::RandomLoad(rng, shape);
+    Shape global = shape;
+    global.groups = 1;
+    auto grouped = RunSwift(load, shape), plain = RunSwift(load, global);
+    ASSERT_TRUE(grouped.ok() && plain.ok());
+    EXPECT_EQ(grouped->placement, plain->placement);
+    const Placement current = testing::RandomPlacement(rng, shape);
+    grouped = RunSwift(load, shape, &current);
+    plain = RunSwift(load, global, &current);
+    ASSERT_TRUE(grouped.ok() && plain.ok());
+    EXPECT_EQ(grouped->placement, plain->placement);
+  }
 }
 
 TEST(SwiftTest, RejectsBadInputAndOptions) {
