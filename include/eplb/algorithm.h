@@ -59,6 +59,9 @@ struct BalanceResult {
   int repairs = 0;
   // Layers the algorithm left unchanged because they were already balanced.
   std::vector<int> skipped_layers;
+  // Whether expert groups were placed node by node (the hierarchical policy: groups divide over
+  // several nodes) rather than over all ranks at once (the global policy).
+  bool hierarchical = false;
 };
 
 class Balancer {

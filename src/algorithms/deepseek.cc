@@ -70,6 +70,7 @@ class DeepSeek final : public Balancer {
     }
     result.placement =
         Placement(shape.layers, shape.ranks, shape.slots_per_rank, shape.experts, std::move(ids));
+    result.hierarchical = shape.nodes > 1 && internal::DeepSeekUsesHierarchicalPolicy(shape);
     return result;
   }
 };

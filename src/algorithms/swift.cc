@@ -1265,6 +1265,7 @@ class Swift final : public Balancer {
     }
     result.placement =
         Placement(shape.layers, shape.ranks, shape.slots_per_rank, shape.experts, std::move(ids));
+    result.hierarchical = Hierarchical(shape);
     return result;
   }
 

@@ -128,6 +128,7 @@ int RunPlan(const PlanArgs& a) {
   }
   const nlohmann::json report = {
       {"algorithm", a.algorithm},
+      {"policy", result->hierarchical ? "hierarchical" : "global"},
       {"options", options},
       {"load", input->source},
       {"layers", shape.layers},
@@ -170,9 +171,13 @@ int RunPlan(const PlanArgs& a) {
       "expert group{}\n",
       shape.ranks, shape.slots_per_rank, shape.slots(), shape.slots() - shape.experts, shape.nodes,
       shape.nodes == 1 ? "" : "s", shape.groups, shape.groups == 1 ? "" : "s");
-  std::string algorithm_note;
+  std::string algorithm_note =
+      result->hierarchical
+          ? fmt::format(", hierarchical policy ({} groups packed onto {} nodes)", shape.groups,
+                        shape.nodes)
+          : ", global policy";
   if (a.algorithm == "deepseek") {
-    algorithm_note = fmt::format(" ({} same-rank duplicate replicas repaired)", result->repairs);
+    algorithm_note += fmt::format("; {} same-rank duplicate replicas repaired", result->repairs);
   }
   if (!result->skipped_layers.empty()) {
     algorithm_note +=

@@ -86,9 +86,11 @@ TEST_F(CliTest, PlanWritesMapAndReportWithEveryKey) {
   for (const char* key : {"algorithm", "layers", "ranks", "slots_per_rank", "balancedness_before",
                           "balancedness_after", "balancedness_upper_bound", "slots_changed",
                           "slots_total", "bytes_moved", "compute_ms", "dense_rows", "repairs",
-                          "skipped_layers", "per_layer_balancedness_after", "options"}) {
+                          "skipped_layers", "per_layer_balancedness_after", "options", "policy"}) {
     EXPECT_TRUE(report.contains(key)) << key;
   }
+  EXPECT_EQ(report["policy"], "global");
+  EXPECT_NE(r.out.find("algorithm    swift, global policy"), std::string::npos) << r.out;
   EXPECT_EQ(report["options"]["target_balancedness"], 0.97);
   EXPECT_EQ(report["options"]["inter_node_cost"], 2.0);
   EXPECT_EQ(report["options"]["max_changes_per_cycle"], -1);
@@ -209,6 +211,25 @@ TEST_F(CliTest, CheckConfigPrintsTheResolvedConfiguration) {
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("\"algorithm\": \"swift\""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("3 slots per rank"), std::string::npos) << r.out;
+}
+
+TEST_F(CliTest, PlanReportsTheHierarchicalPolicyWhenGroupsDivideOverNodes) {
+  for (const char* algorithm : {"swift", "deepseek"}) {
+    const Result r = Eplb(std::string("plan --generate --layers 2 --experts 32 --ranks 8 ") +
+                          "--slots-per-rank 5 --nodes 2 --groups 4 --algorithm " + algorithm +
+                          " --report " + Path("h.json"));
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(nlohmann::json::parse(Read(Path("h.json")))["policy"], "hierarchical") << algorithm;
+    EXPECT_NE(r.out.find("hierarchical policy (4 groups packed onto 2 nodes)"), std::string::npos)
+        << r.out;
+  }
+  // Three groups do not divide over two nodes: the global policy.
+  const Result r = Eplb(
+      "plan --generate --layers 2 --experts 33 --ranks 8 --slots-per-rank 5 --nodes 2 --groups 3 "
+      "--report " +
+      Path("g.json"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(Read(Path("g.json")))["policy"], "global");
 }
 
 TEST_F(CliTest, PlanOnTheGeneratorWithDeepSeekReportsRepairs) {
