@@ -429,6 +429,8 @@ class ExcessSearch : public LayerState {
     applies_ = 0;
     refreshed_.assign(E_, 0);
     donor_cost_.assign(static_cast<size_t>(R_) * S_, kNotDonor);
+    free_on_.assign(R_, 0);
+    free_total_ = 0;
     terms_.resize(R_);
     for (int e = 0; e < E_; ++e) Refresh(e);
     for (int round = 1; round <= max_rounds; ++round) {
@@ -494,7 +496,12 @@ class ExcessSearch : public LayerState {
     for (size_t k = 0; k < holders.size(); ++k) {
       const int* slots = &slot_[holders[k] * S_];
       const int t = static_cast<int>(std::find(slots, slots + S_, e) - slots);
-      donor_cost_[holders[k] * S_ + t] = spare ? loss - terms_[k] : kNotDonor;
+      double& cost = donor_cost_[holders[k] * S_ + t];
+      const double now = spare ? loss - terms_[k] : kNotDonor;
+      const int delta = (now <= 0) - (cost <= 0);
+      free_on_[holders[k]] += delta;
+      free_total_ += delta;
+      cost = now;
     }
   }
   // Excess removed from the holders of e when e gains a replica (-1 when it cannot).
@@ -594,16 +601,21 @@ class ExcessSearch : public LayerState {
   bool Donor(size_t i) {
     while (i >= donors_.size()) {
       if (donor_ranks_ < R_) {
-        const int r = order_[donor_ranks_++];
-        for (int t = 0; t < S_; ++t) {
-          const double cost = donor_cost_[r * S_ + t];  // kNotDonor fails both tests
-          if (cost <= 0) {
-            donors_.push_back(MakeKey(cost, r * S_ + t));
-          } else if (cost < donor_limit_) {
-            donor_heap_.push_back(MakeKey(cost, r * S_ + t));
+        // The free donors, rank by rank (free_on_ counts them per rank) ...
+        if (static_cast<int>(donors_.size()) < free_total_) {
+          const int r = order_[donor_ranks_++];
+          for (int t = 0; free_on_[r] > 0 && t < S_; ++t) {
+            const double cost = donor_cost_[r * S_ + t];
+            if (cost <= 0) donors_.push_back(MakeKey(cost, r * S_ + t));
           }
+        } else {
+          donor_ranks_ = R_;
         }
-        if (donor_ranks_ == R_) {
+        if (donor_ranks_ == R_) {  // ... then the others, by cost
+          for (int i = 0; i < R_ * S_; ++i) {
+            const double cost = donor_cost_[i];  // kNotDonor fails the test
+            if (cost > 0 && cost < donor_limit_) donor_heap_.push_back(MakeKey(cost, i));
+          }
           std::make_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
         }
       } else if (!donor_heap_.empty()) {  // (cost, slot) pairs are unique
@@ -818,6 +830,8 @@ class ExcessSearch : public LayerState {
   // kNotDonor where the expert has no replica to spare.
   static constexpr double kNotDonor = std::numeric_limits<double>::infinity();
   std::vector<double> donor_cost_;
+  std::vector<int> free_on_;     // per rank, its donor slots that cost nothing
+  int free_total_ = 0;           // ... and on all ranks
   std::vector<double> terms_;    // Refresh's RemoveTerm per holder
   std::vector<Key> donors_;      // (cost, slot), cheapest first
   std::vector<Key> donor_heap_;  // the donors not yet sorted into donors_
