@@ -10,7 +10,7 @@ deps:
 	./scripts/install-deps.sh
 
 build: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(TYPE) $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(TYPE) -DEPLB_REQUIRE_TORCH=ON $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
 # Runs the main job on its embedded default workload.
@@ -25,7 +25,7 @@ test: build
 sanitize: asan tsan
 
 asan: deps
-	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_BENCH=OFF
+	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_BENCH=OFF -DEPLB_REQUIRE_TORCH=ON
 	cmake --build $(BUILD)-asan -j $(JOBS)
 	ctest --test-dir $(BUILD)-asan --output-on-failure -j $(JOBS) -LE slow
 

@@ -189,8 +189,7 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
         ctl.step()
 
 
-def test_cpu_torch_tensors_are_registered_in_place():
-    torch = pytest.importorskip("torch", reason="python3-torch is not installed (optional)")
+def test_cpu_torch_tensors_are_registered_in_place(torch):
     # Committed experts land in the tensors themselves (requires_grad too: a detached view).
     check_world(run_world(buffer=lambda v: torch.full((8,), float(v), requires_grad=True)))
     world = sb.in_process_world(1)

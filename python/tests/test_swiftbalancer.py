@@ -242,8 +242,7 @@ def test_random_inputs_raise_or_return_valid_placements():
     assert returned > 200, returned  # the valid paths are exercised too
 
 
-def test_cpu_torch_tensors_are_taken_as_arrays():
-    torch = pytest.importorskip("torch", reason="python3-torch is not installed (optional)")
+def test_cpu_torch_tensors_are_taken_as_arrays(torch):
     phy2log, _, _ = sb.rebalance_experts(torch.tensor(WEIGHT), 16, 4, 2, 8, algorithm="deepseek")
     np.testing.assert_array_equal(phy2log, REFERENCE_PHY2LOG)
     again, _, _ = sb.rebalance_experts(torch.tensor(WEIGHT, dtype=torch.float32), 16, 4, 2, 8,
