@@ -118,10 +118,13 @@ class LayerState {
     }
     slot_.assign(phy2log.begin(), phy2log.end());
     count_.assign(E_, 0);
-    holders_.resize(static_cast<size_t>(E_) * R_);
+    // Each expert's list is R_ ranks long; a stride of a whole number of cache lines plus one
+    // keeps the lists' heads from sharing a few cache sets when R_ is a power of two.
+    stride_ = (R_ + 15) / 16 * 16 + 16;
+    holders_.resize(static_cast<size_t>(E_) * stride_);
     for (int i = 0; i < R_ * S_; ++i) {
       const int e = slot_[i];
-      holders_[static_cast<size_t>(e) * R_ + count_[e]++] = i / S_;
+      holders_[static_cast<size_t>(e) * stride_ + count_[e]++] = i / S_;
       holds_[static_cast<size_t>(i / S_) * E_ + e] = 1;
     }
     piece_.resize(E_);
@@ -191,7 +194,7 @@ class LayerState {
   // The expert slot i held originally (tracked mode only).
   int OrigSlot(int i) const { return orig_slot_[i]; }
   std::span<const int> Holders(int e) const {
-    return {holders_.data() + static_cast<size_t>(e) * R_, static_cast<size_t>(count_[e])};
+    return {holders_.data() + static_cast<size_t>(e) * stride_, static_cast<size_t>(count_[e])};
   }
 
   // order_ lists all ranks in ascending load, ties by rank.
@@ -233,6 +236,7 @@ class LayerState {
   std::vector<double> less_;    // w_[e] / (count_[e] - 1), 0 when count_[e] < 2
   std::vector<uint8_t> holds_;  // [rank][expert]
   std::vector<int> holders_;    // per expert, the ranks holding it (first count_[e] entries)
+  size_t stride_ = 0;           // holders_ entries per expert
   std::vector<double> load_;    // per rank
   double total_ = 0;
   std::vector<int> order_;  // ranks, lightest first
@@ -247,10 +251,10 @@ class LayerState {
     if (track_) arrived_[r] += delta;
     holds_[static_cast<size_t>(r) * E_ + old] = 0;
     holds_[static_cast<size_t>(r) * E_ + e] = 1;
-    int* old_list = &holders_[static_cast<size_t>(old) * R_];
+    int* old_list = &holders_[static_cast<size_t>(old) * stride_];
     *std::find(old_list, old_list + count_[old], r) = old_list[count_[old] - 1];
     --count_[old];
-    holders_[static_cast<size_t>(e) * R_ + count_[e]++] = r;
+    holders_[static_cast<size_t>(e) * stride_ + count_[e]++] = r;
     Pieces(old);
     Pieces(e);
     slot_[i] = e;
