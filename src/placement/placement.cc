@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace eplb {
 
 Placement::Placement(int layers, int ranks, int slots_per_rank, int experts,
@@ -41,34 +43,42 @@ Status ValidatePlacement(const Placement& p) {
     return Status::Invalid(fmt::format("placement has {} slots per layer for {} logical experts",
                                        p.slots(), p.experts()));
   }
-  std::vector<int> seen_slot(p.experts(), -1);  // per rank; reset after each rank
-  std::vector<int> count(p.experts());
+  // Stamps instead of clearing: seen[e] is the last (layer, rank) found holding e, present[e] the
+  // last layer; an error is searched for in detail only once one is found.
+  const int E = p.experts(), R = p.ranks(), S = p.slots_per_rank();
+  std::vector<int64_t> seen(E, -1);
+  std::vector<int> present(E, -1);
+  const int* ids = p.phy2log().data();
   for (int l = 0; l < p.layers(); ++l) {
-    std::fill(count.begin(), count.end(), 0);
-    for (int r = 0; r < p.ranks(); ++r) {
-      for (int s = 0; s < p.slots_per_rank(); ++s) {
-        const int e = p.at(l, r, s);
-        if (e < 0 || e >= p.experts()) {
+    int distinct = 0;
+    for (int r = 0; r < R; ++r) {
+      const int64_t stamp = int64_t{l} * R + r;
+      const int* row = ids + stamp * S;
+      for (int s = 0; s < S; ++s) {
+        const int e = row[s];
+        if (e < 0 || e >= E) {
           return Status::Invalid(fmt::format(
               "layer {}, rank {}, slot {}: logical expert id {} is out of range [0, {})", l, r, s,
-              e, p.experts()));
+              e, E));
         }
-        if (seen_slot[e] >= 0) {
+        if (seen[e] == stamp) {
+          const int first = static_cast<int>(std::find(row, row + s, e) - row);
           return Status::Invalid(fmt::format(
               "layer {}, rank {}: logical expert {} is in both slot {} and slot {}; a rank may "
               "hold at most one replica of an expert",
-              l, r, e, seen_slot[e], s));
+              l, r, e, first, s));
         }
-        seen_slot[e] = s;
-        ++count[e];
+        seen[e] = stamp;
+        distinct += present[e] != l;
+        present[e] = l;
       }
-      for (int s = 0; s < p.slots_per_rank(); ++s) seen_slot[p.at(l, r, s)] = -1;
     }
-    for (int e = 0; e < p.experts(); ++e) {
-      if (count[e] == 0) {
-        return Status::Invalid(
-            fmt::format("layer {}: logical expert {} has no replica on any rank", l, e));
-      }
+    if (distinct < E) {
+      const int e = static_cast<int>(
+          std::find_if(present.begin(), present.end(), [l](int x) { return x != l; }) -
+          present.begin());
+      return Status::Invalid(
+          fmt::format("layer {}: logical expert {} has no replica on any rank", l, e));
     }
   }
   return Status::Ok();
