@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages SwiftBalancer builds and tests with. Idempotent: only what is missing
 # is installed. Every dependency of the build is listed here, so a fresh Debian 12 machine needs
-# nothing else. `install-deps.sh fuzz` also installs clang and libFuzzer for `make fuzz`.
+# nothing else. `install-deps.sh fuzz` also installs clang and libFuzzer for `make fuzz`;
+# `install-deps.sh perf` valgrind for scripts/count-instructions.sh.
 set -euo pipefail
 packages=(
   build-essential cmake make pkg-config
@@ -12,6 +13,9 @@ packages=(
 )
 if [[ "${1:-}" == "fuzz" ]]; then
   packages+=(clang-14 libclang-rt-14-dev)
+fi
+if [[ "${1:-}" == "perf" ]]; then
+  packages+=(valgrind)
 fi
 missing=()
 for p in "${packages[@]}"; do
