@@ -31,7 +31,7 @@ asan: deps
 
 tsan: deps
 	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_SANITIZE=thread -DEPLB_BUILD_BENCH=OFF -DEPLB_BUILD_PYTHON=OFF
-	cmake --build $(BUILD)-tsan -j $(JOBS)
+	cmake --build $(BUILD)-tsan -j $(JOBS) --target threaded_tests
 	ctest --test-dir $(BUILD)-tsan --output-on-failure -j $(JOBS) -L "runtime|threads" -LE mpi
 
 # The libFuzzer targets (clang, ASan + UBSan), each run for FUZZ_SECONDS; not part of `make test`,
