@@ -616,9 +616,9 @@ class ExcessSearch : public LayerState {
           donor_ranks_ = R_;
         }
         if (donor_ranks_ == R_) {  // ... then the others, by cost
-          for (int i = 0; i < R_ * S_; ++i) {
-            const double cost = donor_cost_[i];  // kNotDonor fails the test
-            if (cost > 0 && cost < donor_limit_) donor_heap_.push_back(MakeKey(cost, i));
+          for (int slot = 0; slot < R_ * S_; ++slot) {
+            const double cost = donor_cost_[slot];  // kNotDonor fails the test
+            if (cost > 0 && cost < donor_limit_) donor_heap_.push_back(MakeKey(cost, slot));
           }
           std::make_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
         }
