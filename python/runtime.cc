@@ -4,6 +4,8 @@
 // .numpy() view), which the controller keeps alive: the worker sends from them and step() writes
 // committed experts into them. step() releases the GIL, so the ranks of an in-process world can
 // step side by side on Python threads.
+#include "eplb/runtime.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <pybind11/stl.h>
@@ -21,7 +23,6 @@
 #include "common.h"
 #include "eplb/comm.h"
 #include "eplb/config.h"
-#include "eplb/runtime.h"
 
 namespace eplb {
 namespace {
@@ -34,9 +35,10 @@ class PyController {
       : comm_(std::move(comm)) {
     const RuntimeConfig cfg = ToConfig(config);
     if (!py::isinstance<Communicator>(comm_)) {
-      throw py::type_error("comm: expected a Communicator (in_process_world() or "
-                           "mpi_communicator()), got " +
-                           std::string(py::str(py::type::of(comm_).attr("__name__"))));
+      throw py::type_error(
+          "comm: expected a Communicator (in_process_world() or "
+          "mpi_communicator()), got " +
+          std::string(py::str(py::type::of(comm_).attr("__name__"))));
     }
     Communicator* c = comm_.cast<Communicator*>();
     if (InUse().contains(c)) {
@@ -79,21 +81,24 @@ class PyController {
         t = t.attr("detach")().attr("numpy")();
       }
       if (!PyObject_CheckBuffer(t.ptr())) {
-        throw py::type_error(where + ": expected a buffer (a numpy array or a CPU torch tensor), got " +
+        throw py::type_error(where +
+                             ": expected a buffer (a numpy array or a CPU torch tensor), got " +
                              std::string(py::str(py::type::of(t).attr("__name__"))));
       }
       py::buffer_info info;
       try {
         info = py::reinterpret_borrow<py::buffer>(t).request(/*writable=*/true);
       } catch (const py::error_already_set&) {
-        throw py::value_error(where + ": expected a writable buffer (committed experts are "
-                                      "written into it), got a read-only one");
+        throw py::value_error(where +
+                              ": expected a writable buffer (committed experts are "
+                              "written into it), got a read-only one");
       }
       py::ssize_t stride = info.itemsize;
       for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
         if (info.shape[d] > 1 && info.strides[d] != stride) {
-          throw py::value_error(where + ": expected a C-contiguous buffer (its bytes are sent as "
-                                        "one block), got a strided view");
+          throw py::value_error(where +
+                                ": expected a C-contiguous buffer (its bytes are sent as "
+                                "one block), got a strided view");
         }
         stride *= info.shape[d];
       }
@@ -197,7 +202,8 @@ py::dict RoutingDict(const LayerRouting& r) {
   // log2phy padded with -1 to the layer's largest replica count.
   const int experts = static_cast<int>(r.log2phy.offsets.size()) - 1;
   int width = 1;
-  for (int e = 0; e < experts; ++e) width = std::max(width, static_cast<int>(r.log2phy.replicas(e).size()));
+  for (int e = 0; e < experts; ++e)
+    width = std::max(width, static_cast<int>(r.log2phy.replicas(e).size()));
   Int64Array log2phy({experts, width});
   Int64Array count(experts);
   auto l2p = log2phy.mutable_unchecked<2>();
@@ -284,8 +290,8 @@ void BindRuntime(py::module_& m) {
           if (name == level) return spdlog::set_level(value);
           names.push_back(name);
         }
-        throw py::value_error(fmt::format("level: expected one of {}, got '{}'",
-                                          fmt::join(names, ", "), level));
+        throw py::value_error(
+            fmt::format("level: expected one of {}, got '{}'", fmt::join(names, ", "), level));
       },
       py::arg("level"),
       "The runtime's log level (its lines go to stderr; default info: one line per cycle): "

@@ -64,10 +64,10 @@ StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json);
 Status ValidateRuntimeConfig(const RuntimeConfig& config);
 // Where a configuration starts on a model of `experts` experts on `ranks` ranks.
 struct RuntimeStart {
-  int slots_per_rank = 0;           // S = (E + K) / ranks
-  std::optional<Placement> map;     // expert_map_path's placement (ranks x S), when set
-  std::optional<LoadMatrix> load;   // expert_load_path's MoE rows (E per row), when set
-  size_t load_zero_rows = 0;        // all-zero (dense) rows of that file, left out of `load`
+  int slots_per_rank = 0;          // S = (E + K) / ranks
+  std::optional<Placement> map;    // expert_map_path's placement (ranks x S), when set
+  std::optional<LoadMatrix> load;  // expert_load_path's MoE rows (E per row), when set
+  size_t load_zero_rows = 0;       // all-zero (dense) rows of that file, left out of `load`
 };
 // Checks the configuration (ValidateRuntimeConfig) against a model and reads its files once:
 // experts E > 0, ranks > 0, (E + K) % ranks == 0 (else the nearest valid K are suggested), S <= E,

@@ -291,8 +291,8 @@ class LayerState {
   std::vector<int> orig_slot_;  // slot_ of the original placement
   std::vector<int> arrived_;    // per rank, see Arrived()
   int changes_ = 0;
-  std::span<const int> home_;   // per expert, its home node (empty: none)
-  int home_rpn_ = 0;            // ranks per node of home_
+  std::span<const int> home_;  // per expert, its home node (empty: none)
+  int home_rpn_ = 0;           // ranks per node of home_
 };
 
 // From-scratch refinement: repeatedly lowers the most loaded rank h by the step that lowers it

@@ -4,8 +4,8 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -158,8 +158,8 @@ Key IntKey(std::string_view name, Field field, int64_t lo,
 template <typename Field>
 Key NumberKey(std::string_view name, Field field, double lo,
               std::optional<double> hi = std::nullopt) {
-  const std::string expected = hi ? fmt::format("a number in ({}, {}]", lo, *hi)
-                                  : fmt::format("a number >= {}", lo);
+  const std::string expected =
+      hi ? fmt::format("a number in ({}, {}]", lo, *hi) : fmt::format("a number >= {}", lo);
   auto valid = [=](double d) { return std::isfinite(d) && (hi ? d > lo && d <= *hi : d >= lo); };
   return {name,
           [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
@@ -176,7 +176,8 @@ Key NumberKey(std::string_view name, Field field, double lo,
 
 template <typename Field>
 Key BoolKey(std::string_view name, Field field) {
-  return {name, [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+  return {name,
+          [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
             return r.Bool(k, v, &field(c));
           },
           {},
@@ -185,7 +186,8 @@ Key BoolKey(std::string_view name, Field field) {
 
 template <typename Field>
 Key StringKey(std::string_view name, Field field) {
-  return {name, [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
+  return {name,
+          [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
             return r.String(k, v, &field(c));
           },
           {},
@@ -205,7 +207,8 @@ bool KnownAlgorithm(const std::string& name) {
 }
 
 // The member a key names, for a const or a mutable config.
-#define EPLB_FIELD(member) [](auto& c) -> auto& { return c.member; }
+#define EPLB_FIELD(member) \
+  [](auto& c) -> auto& { return c.member; }
 
 // In the order of config.h; RuntimeConfigToJson writes the same order.
 const std::vector<Key>& Keys() {
@@ -239,10 +242,8 @@ const std::vector<Key>& Keys() {
       IntKey<int>("balancer_threads", EPLB_FIELD(balancer_threads), 1,
                   AlgorithmOptions::kMaxThreads),
       // swift's own options, read into algorithm_options.
-      NumberKey("target_balancedness", EPLB_FIELD(algorithm_options.target_balancedness), 0.0,
-                1.0),
-      IntKey<int>("max_changes_per_layer", EPLB_FIELD(algorithm_options.max_changes_per_layer),
-                  -1),
+      NumberKey("target_balancedness", EPLB_FIELD(algorithm_options.target_balancedness), 0.0, 1.0),
+      IntKey<int>("max_changes_per_layer", EPLB_FIELD(algorithm_options.max_changes_per_layer), -1),
       IntKey<int64_t>("max_changes_per_cycle", EPLB_FIELD(algorithm_options.max_changes_per_cycle),
                       -1),
       NumberKey("inter_node_cost", EPLB_FIELD(algorithm_options.inter_node_cost), 1.0),

@@ -172,10 +172,9 @@ int RunPlan(const PlanArgs& a) {
       shape.ranks, shape.slots_per_rank, shape.slots(), shape.slots() - shape.experts, shape.nodes,
       shape.nodes == 1 ? "" : "s", shape.groups, shape.groups == 1 ? "" : "s");
   std::string algorithm_note =
-      result->hierarchical
-          ? fmt::format(", hierarchical policy ({} groups packed onto {} nodes)", shape.groups,
-                        shape.nodes)
-          : ", global policy";
+      result->hierarchical ? fmt::format(", hierarchical policy ({} groups packed onto {} nodes)",
+                                         shape.groups, shape.nodes)
+                           : ", global policy";
   if (a.algorithm == "deepseek") {
     algorithm_note += fmt::format("; {} same-rank duplicate replicas repaired", result->repairs);
   }
