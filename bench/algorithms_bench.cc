@@ -4,11 +4,11 @@
 // without its data is skipped with a message.
 #include <benchmark/benchmark.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
 
+#include "data_dir.h"
 #include "eplb/algorithm.h"
 #include "eplb/formats.h"
 #include "eplb/planner.h"
@@ -17,9 +17,7 @@ namespace eplb {
 namespace {
 
 std::string DataFile(const std::string& name) {
-  const char* env = std::getenv("EPLB_DATA_DIR");
-  const std::string dir = env && *env ? env : "../shared/data/expert-load";
-  const std::string path = dir + "/deepseek-v3/" + name + ".json";
+  const std::string path = bench::DeepSeekDir() + name + ".json";
   return std::filesystem::exists(path) ? path : "";
 }
 

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <string>
 
+#include "data_dir.h"
 #include "eplb/algorithm.h"
 #include "eplb/formats.h"
 #include "eplb/planner.h"
@@ -58,9 +59,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "{}: {}\n", argv[0], s.ToString());
     return 1;
   }
-  const char* env = std::getenv("EPLB_DATA_DIR");
-  const std::string dir =
-      std::string(env && *env ? env : "../shared/data/expert-load") + "/deepseek-v3/";
+  const std::string dir = eplb::bench::DeepSeekDir();
   if (!std::filesystem::exists(dir + "prefill_in4096.json")) {
     fmt::print("no {}prefill_in4096.json: set EPLB_DATA_DIR to the expert-load folder\n", dir);
     return 0;

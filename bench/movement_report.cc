@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "data_dir.h"
 #include "eplb/algorithm.h"
 #include "eplb/formats.h"
 #include "eplb/planner.h"
@@ -38,9 +39,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "{}: {}\n", argv[0], s.ToString());
     return 1;
   }
-  const char* env = std::getenv("EPLB_DATA_DIR");
-  const std::string dir =
-      std::string(env && *env ? env : "../shared/data/expert-load") + "/deepseek-v3/";
+  const std::string dir = eplb::bench::DeepSeekDir();
   const std::vector<std::string> names = {
       "prefill_in512",        "prefill_in1024",       "prefill_in2048",
       "prefill_in4096",       "prefill_in500out1500", "prefill_in1000out1000",
