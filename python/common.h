@@ -5,10 +5,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <climits>
 #include <string>
 #include <utility>
 
+#include "eplb/placement.h"
 #include "eplb/status.h"
 
 namespace py = pybind11;
@@ -61,6 +63,13 @@ inline py::array AsArray(const py::object& obj, const char* name, int ndim, bool
                                      std::string(py::str(a.dtype()))));
   }
   return a;
+}
+
+// A placement's phy2log as an int64 [layers, ranks * slots per rank] array.
+inline Int64Array Phy2Log(const Placement& p) {
+  Int64Array out({p.layers(), p.slots()});
+  std::copy(p.phy2log().begin(), p.phy2log().end(), out.mutable_data());
+  return out;
 }
 
 // The runtime (runtime.cc): Communicator, in_process_world, mpi_communicator, Controller.

@@ -63,6 +63,12 @@ class PyController {
     if (!ctl_) throw py::value_error("the controller is closed");
     return *ctl_;
   }
+  // The layer's routing snapshot (ValueError for a layer out of range).
+  std::shared_ptr<const LayerRouting> Routing(int layer) const {
+    std::shared_ptr<const LayerRouting> r = ctl().Routing(layer);
+    if (!r) throw py::value_error(fmt::format("layer {} out of range", layer));
+    return r;
+  }
 
   void RegisterExpert(int layer, int slot, const py::sequence& tensors) {
     std::vector<std::span<std::byte>> spans;
@@ -322,12 +328,7 @@ tokens per local slot); then step(). close() (or leaving a with block) stops the
                              [](const PyController& c) { return c.ctl().slots_per_rank(); })
       .def_property_readonly(
           "initial_placement",
-          [](const PyController& c) {
-            const Placement& p = c.ctl().initial_placement();
-            Int64Array out({p.layers(), p.slots()});
-            std::copy(p.phy2log().begin(), p.phy2log().end(), out.mutable_data());
-            return out;
-          },
+          [](const PyController& c) { return Phy2Log(c.ctl().initial_placement()); },
           "phy2log of the placement the controller starts from: int64 [layers, ranks * slots].")
       .def("register_expert", &PyController::RegisterExpert, py::arg("layer"), py::arg("slot"),
            py::arg("tensors"),
@@ -346,24 +347,13 @@ tokens per local slot); then step(). close() (or leaving a with block) stops the
            "failed collective: the engine keeps running on the placement in use.")
       .def(
           "routing",
-          [](const PyController& c, int layer) -> py::object {
-            const std::shared_ptr<const LayerRouting> r = c.ctl().Routing(layer);
-            if (!r) {
-              throw py::value_error(fmt::format("layer {} out of range", layer));
-            }
-            return RoutingDict(*r);
-          },
+          [](const PyController& c, int layer) { return RoutingDict(*c.Routing(layer)); },
           py::arg("layer"),
           "The layer's routing snapshot as a dict: layer, epoch (0 at start, +1 per commit), "
           "ranks, slots_per_rank, phy2log, log2phy [experts, most replicas] padded with -1, "
           "replica_count, and expert_map (this rank: logical expert -> local slot or -1).")
       .def(
-          "epoch",
-          [](const PyController& c, int layer) {
-            const std::shared_ptr<const LayerRouting> r = c.ctl().Routing(layer);
-            if (!r) throw py::value_error(fmt::format("layer {} out of range", layer));
-            return r->epoch;
-          },
+          "epoch", [](const PyController& c, int layer) { return c.Routing(layer)->epoch; },
           py::arg("layer"), "The layer's routing epoch (cheap: compare it to a cached one).")
       .def(
           "metrics", [](const PyController& c) { return MetricsDict(c.ctl().Metrics()); },

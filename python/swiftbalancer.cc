@@ -74,12 +74,6 @@ Placement ToPlacement(const py::object& obj, const char* name, int ranks, int ex
   return p;
 }
 
-Int64Array Phy2Log(const Placement& p) {
-  Int64Array out({p.layers(), p.slots()});
-  std::copy(p.phy2log().begin(), p.phy2log().end(), out.mutable_data());
-  return out;
-}
-
 std::tuple<Int64Array, Int64Array, Int64Array> RebalanceExperts(
     const py::object& weight, int num_replicas, int num_groups, int num_nodes, int num_gpus,
     const std::string& algorithm, const py::object& current, const AlgorithmOptions& options) {
