@@ -944,7 +944,9 @@ class Packer {
     // While every rank is empty the heap hands out ranks 0, 1, 2, ... in turn: a positive piece
     // sinks each below the empty ones. Those placements skip the heap, which is then built once
     // from the same keys (they are distinct, so its top is the same at every step after).
-    int fresh = 0;  // ranks [0, fresh) took the first replicas; -1 once the heap is in use
+    int fresh = 0;       // ranks [0, fresh) took the first replicas; -1 once the heap is in use
+    bool pairs = false;  // the heap is a sorted list (two slots per rank)
+    size_t next = 0;     // ... whose first next entries are taken
     for (const Key k : experts_) {
       const double piece = -KeyValue(k);
       const int e = KeyId(k);
@@ -959,8 +961,37 @@ class Packer {
             continue;
           }
           for (int r = 0; r < fresh; ++r) heap_[r] = MakeKey(fill_[r] < S_ ? load_[r] : kFull, r);
-          std::make_heap(heap_.begin(), heap_.end(), std::greater<>());
+          // Two slots per rank: each rank takes one more replica and is full, so the heap would
+          // hand the ranks out in the order of their keys (skipping those holding the expert).
+          // A sorted list does the same without the heap's upkeep.
+          pairs = S_ == 2 && fresh == ranks;
+          if (pairs) {
+            std::sort(heap_.begin(), heap_.end());
+          } else {
+            std::make_heap(heap_.begin(), heap_.end(), std::greater<>());
+          }
           fresh = -1;
+        }
+        if (pairs) {
+          // heap_[next..] in order of keys; a taken rank is marked with kTaken.
+          size_t i = next;
+          while (i < heap_.size() && (heap_[i] == kTaken || last_[KeyId(heap_[i])] == e)) ++i;
+          if (i < heap_.size()) {
+            const int r = KeyId(heap_[i]);
+            heap_[i] = kTaken;
+            while (next < heap_.size() && heap_[next] == kTaken) ++next;
+            phy2log_[static_cast<size_t>(r) * S_ + fill_[r]++] = e;
+            last_[r] = e;
+            load_[r] += piece;
+            continue;
+          }
+          // Every rank left holds e (not possible with positive pieces, which fill each rank's
+          // first slot with at most `ranks` replicas of one expert): on with the heap.
+          heap_.clear();
+          for (int r = 0; r < ranks; ++r)
+            heap_.push_back(MakeKey(fill_[r] < S_ ? load_[r] : kFull, r));
+          std::make_heap(heap_.begin(), heap_.end(), std::greater<>());
+          pairs = false;
         }
         while (last_[KeyId(heap_.front())] == e) SkipTop();
         const int r = KeyId(heap_.front());
@@ -982,6 +1013,7 @@ class Packer {
 
  private:
   static constexpr double kFull = std::numeric_limits<double>::infinity();
+  static constexpr Key kTaken = ~Key{0};  // above every key of a rank
   // Places a replica of e when every rank with a free slot holds e. That happens only when adding
   // a piece leaves a load unchanged (zero loads, or pieces below the loads' rounding), so the
   // lightest rank takes piece after piece until the free slots are left on a few ranks. A free
