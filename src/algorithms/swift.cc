@@ -53,6 +53,7 @@
 #include <array>
 #include <atomic>
 #include <bit>
+#include <cassert>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -973,25 +974,20 @@ class Packer {
           fresh = -1;
         }
         if (pairs) {
-          // heap_[next..] in order of keys; a taken rank is marked with kTaken.
+          // heap_[next..] in order of keys; a taken rank is marked with kTaken. Only the expert
+          // whose replicas straddle the first `ranks` can be skipped (an expert's replicas come
+          // one after another), and it holds fewer of the ranks left than there are (it has at
+          // most `ranks` replicas), so a rank to take is always found.
           size_t i = next;
           while (i < heap_.size() && (heap_[i] == kTaken || last_[KeyId(heap_[i])] == e)) ++i;
-          if (i < heap_.size()) {
-            const int r = KeyId(heap_[i]);
-            heap_[i] = kTaken;
-            while (next < heap_.size() && heap_[next] == kTaken) ++next;
-            phy2log_[static_cast<size_t>(r) * S_ + fill_[r]++] = e;
-            last_[r] = e;
-            load_[r] += piece;
-            continue;
-          }
-          // Every rank left holds e (not possible with positive pieces, which fill each rank's
-          // first slot with at most `ranks` replicas of one expert): on with the heap.
-          heap_.clear();
-          for (int r = 0; r < ranks; ++r)
-            heap_.push_back(MakeKey(fill_[r] < S_ ? load_[r] : kFull, r));
-          std::make_heap(heap_.begin(), heap_.end(), std::greater<>());
-          pairs = false;
+          assert(i < heap_.size());
+          const int r = KeyId(heap_[i]);
+          heap_[i] = kTaken;
+          while (next < heap_.size() && heap_[next] == kTaken) ++next;
+          phy2log_[static_cast<size_t>(r) * S_ + fill_[r]++] = e;
+          last_[r] = e;
+          load_[r] += piece;
+          continue;
         }
         while (last_[KeyId(heap_.front())] == e) SkipTop();
         const int r = KeyId(heap_.front());
