@@ -174,21 +174,14 @@ Key NumberKey(std::string_view name, Field field, double lo,
           ValueOf(field)};
 }
 
-template <typename Field>
-Key BoolKey(std::string_view name, Field field) {
+// A key whose every value of its JSON type is valid (a bool, a string): `read` is the Reader's
+// check of that type.
+template <typename T, typename Field>
+Key PlainKey(std::string_view name, Field field,
+             Status (Reader::*read)(const std::string&, const json&, T*) const) {
   return {name,
           [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-            return r.Bool(k, v, &field(c));
-          },
-          {},
-          ValueOf(field)};
-}
-
-template <typename Field>
-Key StringKey(std::string_view name, Field field) {
-  return {name,
-          [=](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
-            return r.String(k, v, &field(c));
+            return (r.*read)(k, v, &field(c));
           },
           {},
           ValueOf(field)};
@@ -213,13 +206,13 @@ bool KnownAlgorithm(const std::string& name) {
 // In the order of config.h; RuntimeConfigToJson writes the same order.
 const std::vector<Key>& Keys() {
   static const std::vector<Key> keys = {
-      BoolKey("dynamic_eplb", EPLB_FIELD(dynamic_eplb)),
+      PlainKey("dynamic_eplb", EPLB_FIELD(dynamic_eplb), &Reader::Bool),
       IntKey<int>("expert_heat_collection_interval", EPLB_FIELD(expert_heat_collection_interval),
                   1),
       IntKey<int>("algorithm_execution_interval", EPLB_FIELD(algorithm_execution_interval), 1),
       IntKey<int>("num_redundant_experts", EPLB_FIELD(num_redundant_experts), 0),
-      StringKey("expert_map_path", EPLB_FIELD(expert_map_path)),
-      StringKey("expert_map_record_path", EPLB_FIELD(expert_map_record_path)),
+      PlainKey("expert_map_path", EPLB_FIELD(expert_map_path), &Reader::String),
+      PlainKey("expert_map_record_path", EPLB_FIELD(expert_map_record_path), &Reader::String),
       {"algorithm",
        [](const Reader& r, const std::string& k, const json& v, RuntimeConfig& c) {
          if (!v.is_string()) return r.Bad(k, AlgorithmNames() + " (a string)", v);
@@ -233,7 +226,7 @@ const std::vector<Key>& Keys() {
                                                           Shown(json(c.algorithm)));
        },
        ValueOf(EPLB_FIELD(algorithm))},
-      StringKey("expert_load_path", EPLB_FIELD(expert_load_path)),
+      PlainKey("expert_load_path", EPLB_FIELD(expert_load_path), &Reader::String),
       IntKey<int>("expert_heat_windows", EPLB_FIELD(expert_heat_windows), 1,
                   RuntimeConfig::kMaxHeatWindows),
       IntKey<int>("max_layers_in_flight", EPLB_FIELD(max_layers_in_flight), 1),
