@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
+#include <span>
 #include <string>
 #include <utility>
 
@@ -70,6 +72,19 @@ inline Int64Array Phy2Log(const Placement& p) {
   Int64Array out({p.layers(), p.slots()});
   std::copy(p.phy2log().begin(), p.phy2log().end(), out.mutable_data());
   return out;
+}
+
+// One layer's log2phy as rows of `width` (at least its largest replica count): each logical
+// expert's physical slots in ascending (hence rank) order, padded with -1, written to
+// l2p [experts, width]; its replica counts to count [experts].
+inline void Log2PhyRows(std::span<const int> phy2log, int experts, int width, int64_t* l2p,
+                        int64_t* count) {
+  std::fill(l2p, l2p + static_cast<size_t>(experts) * width, -1);
+  std::fill(count, count + experts, 0);
+  for (int i = 0; i < static_cast<int>(phy2log.size()); ++i) {
+    const int e = phy2log[i];
+    l2p[static_cast<size_t>(e) * width + count[e]++] = i;
+  }
 }
 
 // The runtime (runtime.cc): Communicator, in_process_world, mpi_communicator, Controller.

@@ -212,13 +212,7 @@ py::dict RoutingDict(const LayerRouting& r) {
     width = std::max(width, static_cast<int>(r.log2phy.replicas(e).size()));
   Int64Array log2phy({experts, width});
   Int64Array count(experts);
-  auto l2p = log2phy.mutable_unchecked<2>();
-  auto cnt = count.mutable_unchecked<1>();
-  for (int e = 0; e < experts; ++e) {
-    const std::span<const int> slots = r.log2phy.replicas(e);
-    cnt(e) = static_cast<int64_t>(slots.size());
-    for (int k = 0; k < width; ++k) l2p(e, k) = k < static_cast<int>(slots.size()) ? slots[k] : -1;
-  }
+  Log2PhyRows(r.phy2log, experts, width, log2phy.mutable_data(), count.mutable_data());
   py::dict d;
   d["layer"] = r.layer;
   d["epoch"] = r.epoch;

@@ -110,21 +110,15 @@ std::tuple<Int64Array, Int64Array, Int64Array> RebalanceExperts(
     py::gil_scoped_release unlocked;
     return run();
   }());
-  // log2phy padded with -1 to num_replicas - experts + 1 replicas, and the replica counts.
+  // log2phy padded with -1 to num_replicas - experts + 1 replicas (every expert has one), and
+  // the replica counts.
   const int width = std::max(1, num_replicas - shape.experts + 1);
   Int64Array log2phy({shape.layers, shape.experts, width});
   Int64Array count({shape.layers, shape.experts});
-  std::fill(log2phy.mutable_data(), log2phy.mutable_data() + log2phy.size(), -1);
-  std::fill(count.mutable_data(), count.mutable_data() + count.size(), 0);
-  auto l2p = log2phy.mutable_unchecked<3>();
-  auto cnt = count.mutable_unchecked<2>();
   for (int l = 0; l < shape.layers; ++l) {
-    std::span<const int> ids = placement.layer(l);
-    for (int i = 0; i < static_cast<int>(ids.size()); ++i) {
-      const int e = ids[i];
-      if (cnt(l, e) < width) l2p(l, e, cnt(l, e)) = i;
-      ++cnt(l, e);
-    }
+    Log2PhyRows(placement.layer(l), shape.experts, width,
+                log2phy.mutable_data() + static_cast<size_t>(l) * shape.experts * width,
+                count.mutable_data() + static_cast<size_t>(l) * shape.experts);
   }
   return {Phy2Log(placement), log2phy, count};
 }

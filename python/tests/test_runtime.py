@@ -189,6 +189,21 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
         ctl.step()
 
 
+def test_routing_log2phy_lists_each_experts_slots_padded():
+    # 2 ranks x 6 slots for 8 experts: the id-order start gives experts 0-3 a replica on each rank.
+    world = sb.in_process_world(2)
+    with sb.Controller({"num_redundant_experts": 4}, 2, 8, world[0]) as ctl:
+        for layer in range(2):
+            r = ctl.routing(layer)
+            assert r["log2phy"].shape == (8, 2)
+            for e in range(8):
+                slots = np.flatnonzero(r["phy2log"] == e)
+                assert r["replica_count"][e] == len(slots)
+                np.testing.assert_array_equal(r["log2phy"][e, :len(slots)], slots)
+                assert (r["log2phy"][e, len(slots):] == -1).all()
+            assert r["replica_count"].tolist() == [2, 2, 2, 2, 1, 1, 1, 1]
+
+
 def test_cpu_torch_tensors_are_registered_in_place(torch):
     # Committed experts land in the tensors themselves (requires_grad too: a detached view).
     check_world(run_world(buffer=lambda v: torch.full((8,), float(v), requires_grad=True)))
