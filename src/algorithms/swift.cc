@@ -392,15 +392,21 @@ class PeakSearch : public LayerState {
     return best;
   }
 
-  // The kHot experts with the largest load per replica.
+  // The kHot experts with the largest load per replica, largest first (ties: lower id), in one
+  // pass: experts come in ascending id, so a later one goes in front of an equal piece only if
+  // its piece is larger.
   void RefreshHot() {
-    hot_.resize(E_);
-    std::iota(hot_.begin(), hot_.end(), 0);
-    const int k = std::min(E_, kHot);
-    std::partial_sort(hot_.begin(), hot_.begin() + k, hot_.end(), [&](int a, int b) {
-      return Piece(a) > Piece(b) || (Piece(a) == Piece(b) && a < b);
-    });
-    hot_.resize(k);
+    const size_t k = static_cast<size_t>(std::min(E_, kHot));
+    hot_.clear();
+    for (int e = 0; e < E_; ++e) {
+      const double p = Piece(e);
+      if (hot_.size() == k && !(p > Piece(hot_.back()))) continue;
+      if (hot_.size() == k) hot_.pop_back();
+      size_t i = hot_.size();
+      hot_.push_back(e);
+      for (; i > 0 && p > Piece(hot_[i - 1]); --i) hot_[i] = hot_[i - 1];
+      hot_[i] = e;
+    }
   }
 
   static constexpr int kPairBudget = 96;  // 24 partners at 2 slots per rank, 8 from 4 up
