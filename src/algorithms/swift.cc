@@ -26,6 +26,11 @@
 // the peak for the other ranks) is searched again from its placement with targets lowered in steps
 // of kRetryStep, keeping the most balanced result.
 //
+// At two slots per rank (one node, or changes not weighed by node; no caps) a re-plan re-pairs
+// the layer instead (pair_replan.cc): there each rank is a pair, and the pieces a heavy replica
+// needs sit on other ranks, which the excess search reaches only by long chains of steps. The
+// excess search runs where that finds nothing better than the placement in use.
+//
 // On several nodes, a change whose expert no rank of its node held originally weighs
 // inter_node_cost changes in a step's value (its weights must cross nodes), and a source's swaps
 // also try the lightest kLocalPartners ranks of its own node.
@@ -46,6 +51,8 @@
 // loop runs in a fixed order, every tie goes to the first candidate found (lower slot, rank,
 // expert), and no unordered container is used.
 #include "algorithms/swift.h"
+
+#include "algorithms/pair_replan.h"
 
 #include <fmt/format.h>
 
@@ -1262,8 +1269,24 @@ class Swift final : public Balancer {
       struct Replan {
         ExcessSearch search;
         std::vector<int> home;
+        PairReplan pairs;
+        std::vector<int> paired;
       };
+      // Two slots per rank on one node without caps: the pairing re-plan (pair_replan.cc); the
+      // excess search where it finds nothing better than the placement in use.
+      const bool by_pairs = shape.slots_per_rank == 2 && !Hierarchical(shape) &&
+                            options_.max_changes_per_layer < 0 &&
+                            options_.max_changes_per_cycle < 0 &&
+                            !(shape.nodes > 1 && options_.inter_node_cost > 1);
       auto balance_layer = [&](int l, int64_t budget, Replan& w) {
+        PairReplan::Result paired;
+        if (by_pairs &&
+            w.pairs.Run(load.row(l), current.layer(l), shape.ranks, options_.target_balancedness,
+                        w.paired, paired) &&
+            paired.changes > 0 && paired.balancedness > before[l]) {
+          std::copy(w.paired.begin(), w.paired.end(), ids.begin() + static_cast<size_t>(l) * slots);
+          return paired.changes;
+        }
         ExcessSearch& search = w.search;
         if (Hierarchical(shape)) HomesOf(current.layer(l), shape, w.home);
         double best = before[l];

@@ -168,11 +168,35 @@ TEST(SwiftTest, LoadsThatVanishInRankLoadsGiveValidPlacements) {
 }
 
 TEST(SwiftTest, AnUnreachableTargetReturnsTheMostBalancedPlacementSeen) {
-  // At 2 slots per rank the default target (0.97) is out of reach on most layers, and after the
-  // peak stops falling the descent on the excess goes on moving load between the ranks below it.
-  // Swift returns the most balanced placement a search passed through (the one with fewer changes
-  // among equals), not where it stopped: on this shift 12.61% of the slots change, 14.09% when it
-  // returned where it stopped, at the same balancedness (0.9427).
+  // A cap on changes per layer selects the excess search at 2 slots per rank too; this one does
+  // not bind (a layer has 512 slots). There the default target (0.97) is out of reach of the
+  // excess search on most layers, and after the peak stops falling its descent goes on moving
+  // load between the ranks below it. Swift returns the most balanced placement a search passed
+  // through (the one with fewer changes among equals), not where it stopped: on this shift
+  // 12.61% of the slots change, 14.09% when it returned where it stopped, at the same
+  // balancedness (0.9427).
+  GeneratorOptions g{.layers = 16};
+  const LoadMatrix a = GenerateLoad(g);
+  g.shift = 1;
+  const LoadMatrix b = GenerateLoad(g);
+  const Shape shape{.layers = 16, .experts = 256, .ranks = 256, .slots_per_rank = 2};
+  auto pa = RunSwift(a, shape);
+  ASSERT_TRUE(pa.ok());
+  AlgorithmOptions capped;
+  capped.max_changes_per_layer = shape.slots();
+  auto pb = RunSwift(b, shape, &pa->placement, capped);
+  ASSERT_TRUE(pb.ok());
+  const double changed =
+      static_cast<double>(SlotsChanged(pa->placement, pb->placement)) / (16.0 * shape.slots());
+  EXPECT_GE(MeanBalancedness(b, pb->placement), 0.94);
+  EXPECT_LE(changed, 0.135);
+}
+
+TEST(SwiftTest, TwoSlotsPerRankRePairTheLayerToTheTarget) {
+  // Without caps, two slots per rank select the pairing re-plan (pair_replan.cc). On this shift
+  // it reaches 0.9657 with 24.26% of the slots changed, where the excess search (above) stops at
+  // 0.9427: most layers at the default target (0.97), the others as close as their replica
+  // counts allow (the lowest 0.920).
   GeneratorOptions g{.layers = 16};
   const LoadMatrix a = GenerateLoad(g);
   g.shift = 1;
@@ -184,8 +208,14 @@ TEST(SwiftTest, AnUnreachableTargetReturnsTheMostBalancedPlacementSeen) {
   ASSERT_TRUE(pb.ok());
   const double changed =
       static_cast<double>(SlotsChanged(pa->placement, pb->placement)) / (16.0 * shape.slots());
-  EXPECT_GE(MeanBalancedness(b, pb->placement), 0.94);
-  EXPECT_LE(changed, 0.135);
+  std::printf("256x2 generator shift: stale %.4f, swift %.4f with %.2f%% changed\n",
+              MeanBalancedness(b, pa->placement), MeanBalancedness(b, pb->placement),
+              100 * changed);
+  EXPECT_GE(MeanBalancedness(b, pb->placement), 0.96);
+  for (int l = 0; l < shape.layers; ++l) {
+    EXPECT_GE(LayerBalancedness(b.row(l), pb->placement, l), 0.91) << "layer " << l;
+  }
+  EXPECT_LE(changed, 0.26);
 }
 
 TEST(SwiftTest, NodesWeighNothingAtInterNodeCostOneOrOnOneNode) {

@@ -1,0 +1,482 @@
+// swift's re-plan at two slots per rank.
+//
+// A rank is then a pair of replicas, and for given replica counts the pairing with the lowest
+// peak puts the heaviest piece with the lightest, the second heaviest with the second lightest,
+// and so on (the sorted pairing). After a workload shift the pieces the heavy ones need sit on
+// other ranks, so a search that exchanges one replica at a time needs long chains of exchanges
+// (the excess search spends ~12 M instructions a layer at 256 ranks); this re-plan instead works
+// on the pairing as a whole. With C = mean rank load / target, a rank is over when its load
+// exceeds C, and one attempt runs four phases:
+//   1. Count moves. For each expert v on an over rank, and each k <= kMaxReplicas, the over ranks
+//      holding v that k more replicas of v would bring under C: the (v, k) with the best
+//      (kOverWeight x ranks fixed - k) / k takes its k replicas, each from the cheapest release
+//      (BestRemoval: a replica of an expert u with a replica to spare, among the kCandidates with
+//      the smallest piece after losing it, on the rank where the change fixes most and breaks
+//      fewest ranks; ties: the smaller such piece, then the rank found first). A (v, k) whose
+//      moves fix too little is undone and v is not tried again.
+//   2. Settling counts: while the sorted pairing of all pieces has a pair above C, the heavier
+//      expert of its worst pair takes a replica the same way; the attempt fails when that peak
+//      stops falling for kStall moves (the counts cannot reach C).
+//   3. Pool: the over ranks, and, while the sorted pairing of the pool's pieces has a pair above
+//      C, the rank outside it that best helps its heaviest such piece h (a rank holding a piece
+//      <= C - h, preferring ranks already changed, then the lightest other piece; else the rank
+//      with the lightest piece).
+//   4. Pairing: the pool's pieces in sorted pairing (a pair with one expert twice trades its
+//      lighter piece with the nearest pair that can take it), then pairs are given to the pool's
+//      ranks to keep most experts where they are: a pair that is a rank's current pair goes
+//      there, the rest by maximum bipartite matching on "shares an expert" (augmenting paths),
+//      the others to the ranks left. An expert a rank keeps keeps its slot.
+// The stale pairing and the sorted one are both perfect matchings of the pool's pieces, so most
+// pool ranks keep one of their experts: about one changed slot per pool rank.
+// If the counts cannot reach C, the attempt is repeated with C just above the lowest peak
+// phase 2 reached, then once more with 5% more room.
+//
+// Every loop runs in a fixed order and every tie goes to the first candidate (lower expert or
+// rank), so the result is a deterministic function of its input.
+#include "algorithms/pair_replan.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace eplb {
+namespace {
+
+constexpr int kCandidates = 65;     // releases BestRemoval compares
+constexpr int kMaxReplicas = 8;     // most replicas phase 1 adds to one expert at once
+constexpr double kOverWeight = 2;   // an over rank fixed is worth this many slots changed
+constexpr int kStall = 8;           // phase 2's moves without a lower peak before it gives up
+
+// The largest sum of the i-th lightest and i-th heaviest of `sorted` (first such i); get(x)
+// reads a value.
+template <typename T, typename Get>
+std::pair<double, size_t> SortedPeak(const std::vector<T>& sorted, Get get) {
+  const size_t n = sorted.size();
+  double peak = -std::numeric_limits<double>::infinity();
+  size_t at = 0;
+  for (size_t i = 0; i < n / 2; ++i) {
+    const double s = get(sorted[i]) + get(sorted[n - 1 - i]);
+    if (s > peak) {
+      peak = s;
+      at = i;
+    }
+  }
+  return {peak, at};
+}
+
+}  // namespace
+
+bool PairReplan::Run(std::span<const double> w, std::span<const int> current, int ranks,
+                     double target, std::vector<int>& out, Result& result) {
+  w_ = w;
+  current_ = current;
+  R_ = ranks;
+  E_ = static_cast<int>(w.size());
+  const double total = std::accumulate(w.begin(), w.end(), 0.0);
+  if (!(total > 0) || !(target > 0)) return false;
+  double cap = total / R_ / target;
+  last_peak_ = 0;
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    if (Attempt(cap)) {
+      double peak = 0;
+      result.changes = 0;
+      for (int r = 0; r < R_; ++r) {
+        const int a = pair_[2 * r], b = pair_[2 * r + 1];
+        if (a == b) return false;  // not reached: every phase keeps the experts of a rank distinct
+        peak = std::max(peak, piece_[a] + piece_[b]);
+        for (int e : {a, b}) result.changes += e != current_[2 * r] && e != current_[2 * r + 1];
+      }
+      result.balancedness = total / R_ / peak;
+      out.assign(pair_.begin(), pair_.end());
+      return true;
+    }
+    cap = attempt == 1 ? std::max(cap * 1.003, last_peak_ * 1.001) : std::max(cap, last_peak_) * 1.05;
+  }
+  return false;
+}
+
+bool PairReplan::Attempt(double cap) {
+  cap_ = cap;
+  Start();
+  CountMoves();
+  return SettleCounts() && Pool() && Pair();
+}
+
+void PairReplan::Start() {
+  pair_.assign(current_.begin(), current_.end());
+  count_.assign(E_, 0);
+  hold_.resize(static_cast<size_t>(E_) * R_);
+  for (int i = 0; i < 2 * R_; ++i) {
+    const int e = pair_[i];
+    hold_[static_cast<size_t>(e) * R_ + count_[e]++] = i / 2;
+  }
+  piece_.resize(E_);
+  release_.clear();
+  for (int e = 0; e < E_; ++e) {
+    piece_[e] = w_[e] / count_[e];
+    if (count_[e] >= 2) release_.emplace_back(w_[e] / (count_[e] - 1), e);
+  }
+  std::sort(release_.begin(), release_.end());
+  over_.assign(R_, 0);
+  over_at_.resize(R_);
+  overs_.clear();
+  for (int r = 0; r < R_; ++r) {
+    over_[r] = Over(r);
+    if (!over_[r]) continue;
+    over_at_[r] = static_cast<int>(overs_.size());
+    overs_.push_back(r);
+  }
+  stamp_.assign(std::max(E_, R_), 0);
+  stamp_no_ = 0;
+  tabu_.assign(E_, 0);
+}
+
+// Rank r's replica of u becomes a replica of v (r holds u, not v; u has a replica to spare).
+void PairReplan::Move(int u, int r, int v) {
+  pair_[pair_[2 * r] == u ? 2 * r : 2 * r + 1] = v;
+  std::span<int> holders = Holders(u);
+  *std::find(holders.begin(), holders.end(), r) = holders.back();
+  --count_[u];
+  hold_[static_cast<size_t>(v) * R_ + count_[v]++] = r;
+  piece_[u] = w_[u] / count_[u];
+  piece_[v] = w_[v] / count_[v];
+  Reorder(u, count_[u] + 1);
+  Reorder(v, count_[v] - 1);
+  RefreshOver(u);
+  RefreshOver(v);
+}
+
+// Moves e to its place in release_ after its count changed from old_count.
+void PairReplan::Reorder(int e, int old_count) {
+  if (old_count >= 2) {
+    const std::pair<double, int> old{w_[e] / (old_count - 1), e};
+    release_.erase(std::lower_bound(release_.begin(), release_.end(), old));
+  }
+  if (count_[e] >= 2) {
+    const std::pair<double, int> now{w_[e] / (count_[e] - 1), e};
+    release_.insert(std::lower_bound(release_.begin(), release_.end(), now), now);
+  }
+}
+
+void PairReplan::RefreshOver(int e) {
+  for (int r : Holders(e)) {
+    const bool over = Over(r);
+    if (over == static_cast<bool>(over_[r])) continue;
+    over_[r] = over;
+    if (over) {
+      over_at_[r] = static_cast<int>(overs_.size());
+      overs_.push_back(r);
+    } else {
+      const int last = overs_.back();
+      overs_[over_at_[r]] = last;
+      over_at_[last] = over_at_[r];
+      overs_.pop_back();
+    }
+  }
+}
+
+std::pair<int, int> PairReplan::BestRemoval(int v) {
+  const double pv = piece_[v];
+  const double pv_more = w_[v] / (count_[v] + 1);
+  std::pair<int, int> best{-1, -1};
+  int best_score = INT_MIN;
+  int seen = 0;
+  for (const auto& [pu, u] : release_) {  // pu: u's piece with one replica fewer
+    if (++seen > kCandidates || !(pu < pv)) break;
+    if (u == v) continue;
+    // harm: ranks holding u that u's larger piece would put over C.
+    int harm = 0;
+    for (int r : Holders(u)) harm += !over_[r] && pu + piece_[Other(r, u)] > cap_;
+    for (int r : Holders(u)) {
+      const int x = Other(r, u);
+      if (x == v) continue;
+      const bool over_after = pv_more + piece_[x] > cap_;
+      int score = -harm + (!over_[r] && pu + piece_[x] > cap_);  // r itself loses u
+      score += over_[r] ? !over_after : -over_after;
+      if (score > best_score) {
+        best_score = score;
+        best = {u, r};
+      }
+    }
+  }
+  return best;
+}
+
+bool PairReplan::CountMoves() {
+  for (int round = 0; round < R_; ++round) {
+    // The experts on over ranks, ascending.
+    candidates_.clear();
+    ++stamp_no_;
+    for (int r : overs_) {
+      for (int e : {pair_[2 * r], pair_[2 * r + 1]}) {
+        if (stamp_[e] == stamp_no_) continue;
+        stamp_[e] = stamp_no_;
+        candidates_.push_back(e);
+      }
+    }
+    std::sort(candidates_.begin(), candidates_.end());
+    int best_v = -1, best_k = 0;
+    double best_ratio = 0, best_gain = 0;
+    for (int v : candidates_) {
+      if (tabu_[v]) continue;
+      // Per over rank holding v, how many more replicas of v bring it under C.
+      needs_.clear();
+      for (int r : Holders(v)) {
+        if (!over_[r]) continue;
+        const double room = cap_ - piece_[Other(r, v)];
+        if (!(room > 0)) continue;
+        const double k = std::ceil(w_[v] / room - 1e-12) - count_[v];
+        needs_.push_back(k > kMaxReplicas ? kMaxReplicas + 1 : std::max(1, static_cast<int>(k)));
+      }
+      std::sort(needs_.begin(), needs_.end());
+      for (size_t i = 0; i < needs_.size(); ++i) {
+        const int k = needs_[i];
+        if (k > kMaxReplicas || count_[v] + k > R_) break;
+        if (i + 1 < needs_.size() && needs_[i + 1] == k) continue;
+        const double gain = kOverWeight * static_cast<double>(i + 1) - k;
+        const double ratio = gain / k;
+        if (best_v < 0 || ratio > best_ratio || (ratio == best_ratio && gain > best_gain)) {
+          best_v = v;
+          best_k = k;
+          best_ratio = ratio;
+          best_gain = gain;
+        }
+      }
+    }
+    if (best_v < 0 || !(best_gain > 0)) break;
+    const int before = static_cast<int>(overs_.size());
+    log_.clear();
+    for (int j = 0; j < best_k; ++j) {
+      const auto [u, r] = BestRemoval(best_v);
+      if (u < 0) break;
+      Move(u, r, best_v);
+      log_.emplace_back(u, r);
+    }
+    if (log_.empty() || kOverWeight * (before - static_cast<int>(overs_.size())) -
+                               static_cast<double>(log_.size()) <=
+                           0) {
+      for (auto it = log_.rbegin(); it != log_.rend(); ++it) Move(best_v, it->second, it->first);
+      tabu_[best_v] = 1;
+    }
+  }
+  return true;
+}
+
+bool PairReplan::SettleCounts() {
+  pieces_.clear();
+  for (int e = 0; e < E_; ++e) {
+    for (int c = 0; c < count_[e]; ++c) pieces_.emplace_back(piece_[e], e);
+  }
+  std::sort(pieces_.begin(), pieces_.end());
+  auto value = [](const std::pair<double, int>& p) { return p.first; };
+  double lowest = std::numeric_limits<double>::infinity();
+  int stall = 0;
+  for (int move = 0; move < 2 * R_; ++move) {
+    const auto [peak, at] = SortedPeak(pieces_, value);
+    if (peak <= cap_) return true;
+    if (peak < lowest) {
+      lowest = peak;
+      stall = 0;
+    } else if (++stall >= kStall) {
+      break;
+    }
+    const int v = pieces_[pieces_.size() - 1 - at].second;
+    const auto [u, r] = BestRemoval(v);
+    if (u < 0) break;
+    Move(u, r, v);
+    std::erase_if(pieces_, [&](const auto& p) { return p.second == u || p.second == v; });
+    for (int e : {u, v}) {
+      const std::pair<double, int> p{piece_[e], e};
+      const auto at_e = std::lower_bound(pieces_.begin(), pieces_.end(), p);
+      pieces_.insert(at_e, count_[e], p);
+    }
+  }
+  const double peak = SortedPeak(pieces_, value).first;
+  if (peak <= cap_) return true;
+  last_peak_ = std::min(lowest, peak);
+  return false;
+}
+
+bool PairReplan::Pool() {
+  pool_.clear();
+  in_pool_.assign(R_, 0);
+  pool_pieces_.clear();
+  auto add = [&](int r) {
+    pool_.push_back(r);
+    in_pool_[r] = 1;
+    for (int e : {pair_[2 * r], pair_[2 * r + 1]}) {
+      const double p = piece_[e];
+      pool_pieces_.insert(std::upper_bound(pool_pieces_.begin(), pool_pieces_.end(), p), p);
+    }
+  };
+  for (auto& list : donors_) list.clear();
+  for (int r = 0; r < R_; ++r) {
+    if (Over(r)) {
+      add(r);
+      continue;
+    }
+    const int a = pair_[2 * r], b = pair_[2 * r + 1];
+    const bool changed = (a != current_[2 * r] && a != current_[2 * r + 1]) ||
+                         (b != current_[2 * r] && b != current_[2 * r + 1]);
+    donors_[changed ? 0 : 1].push_back(
+        {std::min(piece_[a], piece_[b]), std::max(piece_[a], piece_[b]), r});
+  }
+  for (auto& list : donors_) {
+    std::sort(list.begin(), list.end(), [](const Donor& x, const Donor& y) {
+      return x.lo < y.lo || (x.lo == y.lo && x.r < y.r);
+    });
+  }
+  for (;;) {
+    // The heaviest piece of an over pair in the pool's sorted pairing, and the room it needs.
+    const size_t n = pool_pieces_.size();
+    double need = -1;
+    for (size_t i = 0; i < n / 2; ++i) {
+      if (pool_pieces_[n - 1 - i] + pool_pieces_[i] > cap_) {
+        need = cap_ - pool_pieces_[n - 1 - i];
+        break;
+      }
+    }
+    if (need < 0) return true;
+    const int best = PickDonor(need);
+    if (best < 0) return false;
+    add(best);
+  }
+}
+
+// The rank outside the pool that best helps a piece needing a partner <= need: one holding such
+// a piece (a changed rank first, then the lightest other piece), else the one with the lightest
+// piece (a changed rank first); ties: lower rank. Each list is sorted by (lighter piece, rank).
+int PairReplan::PickDonor(double need) const {
+  for (const auto& list : donors_) {
+    const Donor* best = nullptr;
+    for (const auto& d : list) {
+      if (d.lo > need) break;
+      if (in_pool_[d.r]) continue;
+      if (best == nullptr || d.hi < best->hi || (d.hi == best->hi && d.r < best->r)) best = &d;
+    }
+    if (best != nullptr) return best->r;
+  }
+  for (const auto& list : donors_) {
+    for (const auto& d : list) {
+      if (!in_pool_[d.r]) return d.r;
+    }
+  }
+  return -1;
+}
+
+bool PairReplan::Pair() {
+  // The pool's experts, heaviest piece first (ties: lower expert), in sorted pairing.
+  items_.clear();
+  for (int r : pool_) {
+    items_.push_back(pair_[2 * r]);
+    items_.push_back(pair_[2 * r + 1]);
+  }
+  std::sort(items_.begin(), items_.end(), [&](int a, int b) {
+    return piece_[a] > piece_[b] || (piece_[a] == piece_[b] && a < b);
+  });
+  const size_t n = items_.size(), k = n / 2;
+  pairs_.resize(k);
+  for (size_t i = 0; i < k; ++i) pairs_[i] = {items_[i], items_[n - 1 - i]};
+  for (size_t i = 0; i < k; ++i) {
+    const int x = pairs_[i].first;
+    if (pairs_[i].second != x) continue;
+    // The nearest earlier pair holding no x, else the nearest later one, trades its lighter
+    // piece for x's second copy.
+    size_t j = i;
+    while (j > 0 && (pairs_[j - 1].first == x || pairs_[j - 1].second == x)) --j;
+    if (j > 0) {
+      --j;
+    } else {
+      j = i + 1;
+      while (j < k && (pairs_[j].first == x || pairs_[j].second == x)) ++j;
+      if (j == k) return false;
+    }
+    std::swap(pairs_[i].second, pairs_[j].second);
+  }
+  // Pairs that are a pool rank's current pair go there (the last such rank in pool order).
+  pair_rank_.assign(k, -1);
+  rank_pair_.assign(R_, -1);
+  auto sorted_key = [](int a, int b) { return a < b ? std::pair{a, b} : std::pair{b, a}; };
+  std::vector<std::pair<std::pair<int, int>, int>>& keyed = keyed_;  // (current pair, pool index)
+  keyed.clear();
+  for (size_t q = 0; q < pool_.size(); ++q) {
+    const int r = pool_[q];
+    keyed.push_back({sorted_key(current_[2 * r], current_[2 * r + 1]), static_cast<int>(q)});
+  }
+  std::sort(keyed.begin(), keyed.end());
+  for (size_t i = 0; i < k; ++i) {
+    const auto key = sorted_key(pairs_[i].first, pairs_[i].second);
+    auto lo = std::lower_bound(keyed.begin(), keyed.end(), std::pair{key, INT_MIN});
+    auto hi = std::lower_bound(keyed.begin(), keyed.end(), std::pair{key, INT_MAX});
+    for (auto it = hi; it != lo; --it) {
+      const int r = pool_[(it - 1)->second];
+      if (rank_pair_[r] >= 0) continue;
+      rank_pair_[r] = static_cast<int>(i);
+      pair_rank_[i] = r;
+      break;
+    }
+  }
+  // The others: ranks by the experts they hold now (CSR), then augmenting paths.
+  offsets_.assign(E_ + 1, 0);
+  for (int r : pool_) {
+    if (rank_pair_[r] >= 0) continue;
+    ++offsets_[current_[2 * r] + 1];
+    ++offsets_[current_[2 * r + 1] + 1];
+  }
+  for (int e = 0; e < E_; ++e) offsets_[e + 1] += offsets_[e];
+  by_expert_.resize(offsets_[E_]);
+  std::vector<int>& fill = fill_;
+  fill.assign(offsets_.begin(), offsets_.end() - 1);
+  for (int r : pool_) {
+    if (rank_pair_[r] >= 0) continue;
+    by_expert_[fill[current_[2 * r]]++] = r;
+    by_expert_[fill[current_[2 * r + 1]]++] = r;
+  }
+  seen_.assign(R_, 0);
+  seen_no_ = 0;
+  for (size_t i = 0; i < k; ++i) {
+    if (pair_rank_[i] >= 0) continue;
+    ++seen_no_;
+    Augment(static_cast<int>(i));
+  }
+  std::vector<int>& left = fill_;  // the pool's ranks without a pair
+  left.clear();
+  for (int r : pool_) {
+    if (rank_pair_[r] < 0) left.push_back(r);
+  }
+  for (size_t i = 0; i < k; ++i) {
+    if (pair_rank_[i] >= 0) continue;
+    pair_rank_[i] = left.back();
+    left.pop_back();
+  }
+  // Each pair onto its rank, an expert the rank keeps in its slot.
+  for (size_t i = 0; i < k; ++i) {
+    const int r = pair_rank_[i];
+    auto [a, b] = pairs_[i];
+    if (a == current_[2 * r + 1] || b == current_[2 * r]) std::swap(a, b);
+    pair_[2 * r] = a;
+    pair_[2 * r + 1] = b;
+  }
+  return true;
+}
+
+// Kuhn's augmenting path from pair i over the ranks sharing one of its experts.
+bool PairReplan::Augment(int i) {
+  for (int e : {pairs_[i].first, pairs_[i].second}) {
+    for (int t = offsets_[e]; t < offsets_[e + 1]; ++t) {
+      const int r = by_expert_[t];
+      if (seen_[r] == seen_no_) continue;
+      seen_[r] = seen_no_;
+      if (rank_pair_[r] < 0 || Augment(rank_pair_[r])) {
+        rank_pair_[r] = i;
+        pair_rank_[i] = r;
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace eplb

@@ -1,0 +1,79 @@
+// swift's re-plan of one layer at two slots per rank (see pair_replan.cc).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace eplb {
+
+// Owned by one thread and reused across layers, so a Balance() call allocates once per shape.
+class PairReplan {
+ public:
+  struct Result {
+    double balancedness = 0;  // mean rank load / largest rank load of the new placement
+    int changes = 0;          // slots whose expert the rank did not hold in the placement in use
+  };
+  // Re-plans a layer whose placement in use is `current` (2 x ranks expert ids, every expert held)
+  // for the loads `w` towards balancedness `target`, writing the new layer to `out`. Returns false
+  // when it found no placement (the caller keeps another one).
+  bool Run(std::span<const double> w, std::span<const int> current, int ranks, double target,
+           std::vector<int>& out, Result& result);
+
+ private:
+  bool Attempt(double cap);  // one re-plan for the cap C on rank loads
+  void Start();
+  int Other(int r, int e) const { return pair_[2 * r] == e ? pair_[2 * r + 1] : pair_[2 * r]; }
+  bool Over(int r) const { return piece_[pair_[2 * r]] + piece_[pair_[2 * r + 1]] > cap_; }
+  std::span<int> Holders(int e) {
+    return {hold_.data() + static_cast<size_t>(e) * R_, static_cast<size_t>(count_[e])};
+  }
+  void Move(int u, int r, int v);
+  void Reorder(int e, int old_count);
+  void RefreshOver(int e);
+  std::pair<int, int> BestRemoval(int v);  // (expert u, rank) or (-1, -1)
+  bool CountMoves();
+  bool SettleCounts();
+  bool Pool();
+  bool Pair();
+  bool Augment(int i);
+  int PickDonor(double need) const;
+
+  std::span<const double> w_;
+  std::span<const int> current_;
+  int R_ = 0, E_ = 0;
+  double cap_ = 0;
+  double last_peak_ = 0;  // the lowest sorted-pairing peak SettleCounts reached when it failed
+
+  std::vector<int> pair_;      // the layer being re-planned, 2 slots per rank
+  std::vector<int> count_;     // replicas per expert
+  std::vector<double> piece_;  // w / count
+  std::vector<int> hold_;      // per expert, its ranks (R_ entries each, count_ in use)
+  std::vector<uint8_t> over_;  // per rank: load above the cap
+  std::vector<int> overs_;     // the ranks over the cap
+  std::vector<int> over_at_;   // per rank over the cap, its index in overs_
+  std::vector<std::pair<double, int>> release_;  // (w / (count - 1), e) of count >= 2, ascending
+  std::vector<std::pair<double, int>> pieces_;   // every replica's (piece, expert), ascending
+  std::vector<int> stamp_;                       // per expert or rank: scratch marks
+  int stamp_no_ = 0;
+  std::vector<int> tabu_;                        // per expert, marked in CountMoves
+  std::vector<int> candidates_, needs_;
+  std::vector<std::pair<int, int>> log_;
+  // Pool() and Pair(): the ranks re-paired, their experts, the new pairs and their assignment.
+  std::vector<int> pool_, in_pool_;
+  std::vector<double> pool_pieces_;
+  struct Donor {
+    double lo, hi;  // its lighter and heavier piece
+    int r;
+  };
+  std::array<std::vector<Donor>, 2> donors_;  // ranks outside the pool: changed, then the others
+  std::vector<int> items_;
+  std::vector<std::pair<int, int>> pairs_;
+  std::vector<std::pair<std::pair<int, int>, int>> keyed_;
+  std::vector<int> pair_rank_, rank_pair_, offsets_, by_expert_, fill_, seen_;
+  int seen_no_ = 0;
+};
+
+}  // namespace eplb
