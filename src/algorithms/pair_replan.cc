@@ -150,13 +150,24 @@ void PairReplan::Move(int u, int r, int v) {
 
 // Moves e to its place in release_ after its count changed from old_count.
 void PairReplan::Reorder(int e, int old_count) {
-  if (old_count >= 2) {
-    const std::pair<double, int> old{w_[e] / (old_count - 1), e};
-    release_.erase(std::lower_bound(release_.begin(), release_.end(), old));
+  const auto begin = release_.begin(), end = release_.end();
+  const std::pair<double, int> now{count_[e] >= 2 ? w_[e] / (count_[e] - 1) : 0.0, e};
+  if (old_count < 2) {
+    release_.insert(std::lower_bound(begin, end, now), now);
+    return;
   }
-  if (count_[e] >= 2) {
-    const std::pair<double, int> now{w_[e] / (count_[e] - 1), e};
-    release_.insert(std::lower_bound(release_.begin(), release_.end(), now), now);
+  const auto at = std::lower_bound(begin, end, std::pair{w_[e] / (old_count - 1), e});
+  if (count_[e] < 2) {
+    release_.erase(at);
+    return;
+  }
+  // The others stay sorted, so the entries between the old place and the new shift by one.
+  *at = now;
+  const auto to = std::lower_bound(begin, at, now);
+  if (to != at) {
+    std::rotate(to, at, at + 1);
+  } else {
+    std::rotate(at, at + 1, std::lower_bound(at + 1, end, now));
   }
 }
 
@@ -207,20 +218,15 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
 bool PairReplan::CountMoves() {
   for (int round = 0; round < R_; ++round) {
     // The experts on over ranks, ascending.
-    candidates_.clear();
     ++stamp_no_;
     for (int r : overs_) {
-      for (int e : {pair_[2 * r], pair_[2 * r + 1]}) {
-        if (stamp_[e] == stamp_no_) continue;
-        stamp_[e] = stamp_no_;
-        candidates_.push_back(e);
-      }
+      stamp_[pair_[2 * r]] = stamp_no_;
+      stamp_[pair_[2 * r + 1]] = stamp_no_;
     }
-    std::sort(candidates_.begin(), candidates_.end());
     int best_v = -1, best_k = 0;
     double best_ratio = 0, best_gain = 0;
-    for (int v : candidates_) {
-      if (tabu_[v]) continue;
+    for (int v = 0; v < E_; ++v) {
+      if (stamp_[v] != stamp_no_ || tabu_[v]) continue;
       // Per over rank holding v, how many more replicas of v bring it under C.
       needs_.clear();
       for (int r : Holders(v)) {
@@ -228,9 +234,12 @@ bool PairReplan::CountMoves() {
         const double room = cap_ - piece_[Other(r, v)];
         if (!(room > 0)) continue;
         const double k = std::ceil(w_[v] / room - 1e-12) - count_[v];
-        needs_.push_back(k > kMaxReplicas ? kMaxReplicas + 1 : std::max(1, static_cast<int>(k)));
+        const int need = k > kMaxReplicas ? kMaxReplicas + 1 : std::max(1, static_cast<int>(k));
+        needs_.push_back(need);  // kept sorted: a few entries
+        for (size_t i = needs_.size() - 1; i > 0 && needs_[i - 1] > need; --i) {
+          std::swap(needs_[i - 1], needs_[i]);
+        }
       }
-      std::sort(needs_.begin(), needs_.end());
       for (size_t i = 0; i < needs_.size(); ++i) {
         const int k = needs_[i];
         if (k > kMaxReplicas || count_[v] + k > R_) break;

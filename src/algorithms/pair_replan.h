@@ -59,7 +59,7 @@ class PairReplan {
   std::vector<int> stamp_;                       // per expert or rank: scratch marks
   int stamp_no_ = 0;
   std::vector<int> tabu_;                        // per expert, marked in CountMoves
-  std::vector<int> candidates_, needs_;
+  std::vector<int> needs_;
   std::vector<std::pair<int, int>> log_;
   // Pool() and Pair(): the ranks re-paired, their experts, the new pairs and their assignment.
   std::vector<int> pool_, in_pool_;
