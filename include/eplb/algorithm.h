@@ -32,13 +32,15 @@ struct AlgorithmOptions {
   // own node. 1 ignores nodes. At 64 ranks x 5 slots on 8 nodes the default copies about 70%
   // fewer experts between nodes for about 16% more slots changed (README). Caps count slots.
   double inter_node_cost = 2.0;
-  // swift, incremental: at most this many slots change per layer per call (-1: no cap).
+  // swift, incremental: at most this many slots change per layer per call (-1: no cap). At two
+  // slots per rank swift re-pairs a layer (pair_replan.cc), which has no cap: a cap here or per
+  // cycle, or nodes weighed by inter_node_cost, select the excess search there too.
   int max_changes_per_layer = -1;
   // swift, incremental: at most this many slots change over all layers per call (-1: no cap);
   // the least balanced layers are served first.
   int64_t max_changes_per_cycle = -1;
-  // swift, incremental: a step must remove at least this fraction of the mean rank load of
-  // excess load per slot it changes, or it is not worth its transfer.
+  // swift, incremental (the excess search): a step must remove at least this fraction of the
+  // mean rank load of excess load per slot it changes, or it is not worth its transfer.
   double min_gain_per_change = 1e-5;
   // swift: layers are balanced on up to this many threads, the calling thread included (1 to
   // kMaxThreads). Layers are independent, so the placement does not depend on it; with a
