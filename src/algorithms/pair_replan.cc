@@ -107,10 +107,12 @@ bool PairReplan::Attempt(double cap) {
 void PairReplan::Start() {
   pair_.assign(current_.begin(), current_.end());
   count_.assign(E_, 0);
-  hold_.resize(static_cast<size_t>(E_) * R_);
+  hold_.resize(E_);
+  for (auto& h : hold_) h.clear();
   for (int i = 0; i < 2 * R_; ++i) {
     const int e = pair_[i];
-    hold_[static_cast<size_t>(e) * R_ + count_[e]++] = i / 2;
+    hold_[e].push_back(i / 2);
+    ++count_[e];
   }
   piece_.resize(E_);
   release_.clear();
@@ -136,10 +138,12 @@ void PairReplan::Start() {
 // Rank r's replica of u becomes a replica of v (r holds u, not v; u has a replica to spare).
 void PairReplan::Move(int u, int r, int v) {
   pair_[pair_[2 * r] == u ? 2 * r : 2 * r + 1] = v;
-  std::span<int> holders = Holders(u);
+  std::vector<int>& holders = hold_[u];
   *std::find(holders.begin(), holders.end(), r) = holders.back();
+  holders.pop_back();
   --count_[u];
-  hold_[static_cast<size_t>(v) * R_ + count_[v]++] = r;
+  hold_[v].push_back(r);
+  ++count_[v];
   piece_[u] = w_[u] / count_[u];
   piece_[v] = w_[v] / count_[v];
   Reorder(u, count_[u] + 1);
@@ -471,19 +475,38 @@ bool PairReplan::Pair() {
   return true;
 }
 
-// Kuhn's augmenting path from pair i over the ranks sharing one of its experts.
-bool PairReplan::Augment(int i) {
-  for (int e : {pairs_[i].first, pairs_[i].second}) {
-    for (int t = offsets_[e]; t < offsets_[e + 1]; ++t) {
-      const int r = by_expert_[t];
-      if (seen_[r] == seen_no_) continue;
-      seen_[r] = seen_no_;
-      if (rank_pair_[r] < 0 || Augment(rank_pair_[r])) {
-        rank_pair_[r] = i;
-        pair_rank_[i] = r;
-        return true;
+// Kuhn's augmenting path from pair `root` over the ranks sharing one of its experts, depth first
+// with an explicit stack (a pool can hold every rank, too many for the call stack).
+bool PairReplan::Augment(int root) {
+  auto first_of = [&](int i) { return offsets_[pairs_[i].first]; };
+  path_.clear();
+  path_.push_back({root, 0, first_of(root), -1});
+  while (!path_.empty()) {
+    Step& f = path_.back();
+    const int e = f.second ? pairs_[f.pair].second : pairs_[f.pair].first;
+    if (f.next == offsets_[e + 1]) {
+      if (!f.second) {
+        f.second = 1;
+        f.next = offsets_[pairs_[f.pair].second];
+      } else {
+        path_.pop_back();
       }
+      continue;
     }
+    const int r = by_expert_[f.next++];
+    if (seen_[r] == seen_no_) continue;
+    seen_[r] = seen_no_;
+    f.rank = r;
+    if (rank_pair_[r] >= 0) {
+      const int owner = rank_pair_[r];
+      path_.push_back({owner, 0, first_of(owner), -1});
+      continue;
+    }
+    for (const Step& s : path_) {  // each pair on the path takes the rank it reached
+      rank_pair_[s.rank] = s.pair;
+      pair_rank_[s.pair] = s.rank;
+    }
+    return true;
   }
   return false;
 }

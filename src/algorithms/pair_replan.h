@@ -27,9 +27,7 @@ class PairReplan {
   void Start();
   int Other(int r, int e) const { return pair_[2 * r] == e ? pair_[2 * r + 1] : pair_[2 * r]; }
   bool Over(int r) const { return piece_[pair_[2 * r]] + piece_[pair_[2 * r + 1]] > cap_; }
-  std::span<int> Holders(int e) {
-    return {hold_.data() + static_cast<size_t>(e) * R_, static_cast<size_t>(count_[e])};
-  }
+  const std::vector<int>& Holders(int e) const { return hold_[e]; }
   void Move(int u, int r, int v);
   void Reorder(int e, int old_count);
   void RefreshOver(int e);
@@ -50,7 +48,7 @@ class PairReplan {
   std::vector<int> pair_;      // the layer being re-planned, 2 slots per rank
   std::vector<int> count_;     // replicas per expert
   std::vector<double> piece_;  // w / count
-  std::vector<int> hold_;      // per expert, its ranks (R_ entries each, count_ in use)
+  std::vector<std::vector<int>> hold_;  // per expert, the ranks holding it
   std::vector<uint8_t> over_;  // per rank: load above the cap
   std::vector<int> overs_;     // the ranks over the cap
   std::vector<int> over_at_;   // per rank over the cap, its index in overs_
@@ -73,6 +71,13 @@ class PairReplan {
   std::vector<std::pair<int, int>> pairs_;
   std::vector<std::pair<std::pair<int, int>, int>> keyed_;
   std::vector<int> pair_rank_, rank_pair_, offsets_, by_expert_, fill_, seen_;
+  struct Step {    // a pair on Augment's path
+    int pair;
+    int second;    // whether it is trying the ranks of its second expert
+    int next;      // the next entry of by_expert_ to try
+    int rank;      // the rank it tries now
+  };
+  std::vector<Step> path_;
   int seen_no_ = 0;
 };
 
