@@ -40,6 +40,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <tuple>
 
 namespace eplb {
 namespace {
@@ -130,6 +131,8 @@ void PairReplan::Start() {
     over_at_[r] = static_cast<int>(overs_.size());
     overs_.push_back(r);
   }
+  release_valid_.assign(E_, 0);
+  releases_.resize(E_);
   stamp_.assign(std::max(E_, R_), 0);
   stamp_no_ = 0;
   tabu_.assign(E_, 0);
@@ -177,6 +180,8 @@ void PairReplan::Reorder(int e, int old_count) {
 
 void PairReplan::RefreshOver(int e) {
   for (int r : Holders(e)) {
+    release_valid_[pair_[2 * r]] = 0;
+    release_valid_[pair_[2 * r + 1]] = 0;
     const bool over = Over(r);
     if (over == static_cast<bool>(over_[r])) continue;
     over_[r] = over;
@@ -201,22 +206,36 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
   for (const auto& [pu, u] : release_) {  // pu: u's piece with one replica fewer
     if (++seen > kCandidates || !(pu < pv)) break;
     if (u == v) continue;
-    // harm: ranks holding u that u's larger piece would put over C.
-    int harm = 0;
-    for (int r : Holders(u)) harm += !over_[r] && pu + piece_[Other(r, u)] > cap_;
-    for (int r : Holders(u)) {
-      const int x = Other(r, u);
-      if (x == v) continue;
-      const bool over_after = pv_more + piece_[x] > cap_;
-      int score = -harm + (!over_[r] && pu + piece_[x] > cap_);  // r itself loses u
-      score += over_[r] ? !over_after : -over_after;
+    for (const Release& c : ReleasesOf(u, pu)) {
+      if (c.partner == v) continue;
+      const int score = c.score + !(pv_more + c.partner_piece > cap_);
       if (score > best_score) {
         best_score = score;
-        best = {u, r};
+        best = {u, c.rank};
       }
     }
   }
   return best;
+}
+
+// u's releases, one per rank holding it, scored without the receiving expert's part. The list
+// depends only on u's count and on the loads and over flags of u's ranks, so it is computed again
+// only after a move changed u's count or one of those ranks (Move, RefreshOver).
+const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu) {
+  std::vector<Release>& list = releases_[u];
+  if (release_valid_[u]) return list;
+  // harm: ranks holding u, not over, that u's larger piece would put over C.
+  int harm = 0;
+  for (int r : Holders(u)) harm += !over_[r] && pu + piece_[Other(r, u)] > cap_;
+  list.clear();
+  for (int r : Holders(u)) {
+    const int x = Other(r, u);
+    // A rank not over that loses u was counted in harm (if u's piece broke it) and is not fixed
+    // by v: it scores -1 more unless v fits; an over rank scores 1 if v fits.
+    list.push_back({r, x, -harm + (!over_[r] && pu + piece_[x] > cap_) - !over_[r], piece_[x]});
+  }
+  release_valid_[u] = 1;
+  return list;
 }
 
 bool PairReplan::CountMoves() {
@@ -298,12 +317,15 @@ bool PairReplan::SettleCounts() {
     const int v = pieces_[pieces_.size() - 1 - at].second;
     const auto [u, r] = BestRemoval(v);
     if (u < 0) break;
+    const std::pair<double, int> old_u{piece_[u], u}, old_v{piece_[v], v};
     Move(u, r, v);
-    std::erase_if(pieces_, [&](const auto& p) { return p.second == u || p.second == v; });
-    for (int e : {u, v}) {
-      const std::pair<double, int> p{piece_[e], e};
-      const auto at_e = std::lower_bound(pieces_.begin(), pieces_.end(), p);
-      pieces_.insert(at_e, count_[e], p);
+    // u's and v's replicas leave as a run of equal entries and come back with their new piece.
+    for (const auto& [old, e, old_count] : {std::tuple{old_u, u, count_[u] + 1},
+                                             std::tuple{old_v, v, count_[v] - 1}}) {
+      const auto from = std::lower_bound(pieces_.begin(), pieces_.end(), old);
+      pieces_.erase(from, from + old_count);
+      const std::pair<double, int> now{piece_[e], e};
+      pieces_.insert(std::lower_bound(pieces_.begin(), pieces_.end(), now), count_[e], now);
     }
   }
   const double peak = SortedPeak(pieces_, value).first;

@@ -32,6 +32,13 @@ class PairReplan {
   void Reorder(int e, int old_count);
   void RefreshOver(int e);
   std::pair<int, int> BestRemoval(int v);  // (expert u, rank) or (-1, -1)
+  struct Release {  // a rank's replica of u given up for one of another expert v
+    int rank;
+    int partner;           // the other expert of the rank
+    int score;             // its score in BestRemoval, less 1 if v fits beside the partner
+    double partner_piece;
+  };
+  const std::vector<Release>& ReleasesOf(int u, double pu);
   bool CountMoves();
   bool SettleCounts();
   bool Pool();
@@ -53,6 +60,8 @@ class PairReplan {
   std::vector<int> overs_;     // the ranks over the cap
   std::vector<int> over_at_;   // per rank over the cap, its index in overs_
   std::vector<std::pair<double, int>> release_;  // (w / (count - 1), e) of count >= 2, ascending
+  std::vector<std::vector<Release>> releases_;   // per expert, ReleasesOf's list ...
+  std::vector<uint8_t> release_valid_;           // ... and whether it is up to date
   std::vector<std::pair<double, int>> pieces_;   // every replica's (piece, expert), ascending
   std::vector<int> stamp_;                       // per expert or rank: scratch marks
   int stamp_no_ = 0;
