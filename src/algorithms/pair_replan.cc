@@ -133,6 +133,8 @@ void PairReplan::Start() {
   }
   release_valid_.assign(E_, 0);
   releases_.resize(E_);
+  growth_valid_.assign(E_, 0);
+  growth_.resize(E_);
   stamp_.assign(std::max(E_, R_), 0);
   stamp_no_ = 0;
   tabu_.assign(E_, 0);
@@ -180,8 +182,7 @@ void PairReplan::Reorder(int e, int old_count) {
 
 void PairReplan::RefreshOver(int e) {
   for (int r : Holders(e)) {
-    release_valid_[pair_[2 * r]] = 0;
-    release_valid_[pair_[2 * r + 1]] = 0;
+    for (int x : {pair_[2 * r], pair_[2 * r + 1]}) release_valid_[x] = growth_valid_[x] = 0;
     const bool over = Over(r);
     if (over == static_cast<bool>(over_[r])) continue;
     over_[r] = over;
@@ -246,38 +247,16 @@ bool PairReplan::CountMoves() {
       stamp_[pair_[2 * r]] = stamp_no_;
       stamp_[pair_[2 * r + 1]] = stamp_no_;
     }
-    int best_v = -1, best_k = 0;
-    double best_ratio = 0, best_gain = 0;
+    int best_v = -1;
     for (int v = 0; v < E_; ++v) {
       if (stamp_[v] != stamp_no_ || tabu_[v]) continue;
-      // Per over rank holding v, how many more replicas of v bring it under C.
-      needs_.clear();
-      for (int r : Holders(v)) {
-        if (!over_[r]) continue;
-        const double room = cap_ - piece_[Other(r, v)];
-        if (!(room > 0)) continue;
-        const double k = std::ceil(w_[v] / room - 1e-12) - count_[v];
-        const int need = k > kMaxReplicas ? kMaxReplicas + 1 : std::max(1, static_cast<int>(k));
-        needs_.push_back(need);  // kept sorted: a few entries
-        for (size_t i = needs_.size() - 1; i > 0 && needs_[i - 1] > need; --i) {
-          std::swap(needs_[i - 1], needs_[i]);
-        }
-      }
-      for (size_t i = 0; i < needs_.size(); ++i) {
-        const int k = needs_[i];
-        if (k > kMaxReplicas || count_[v] + k > R_) break;
-        if (i + 1 < needs_.size() && needs_[i + 1] == k) continue;
-        const double gain = kOverWeight * static_cast<double>(i + 1) - k;
-        const double ratio = gain / k;
-        if (best_v < 0 || ratio > best_ratio || (ratio == best_ratio && gain > best_gain)) {
-          best_v = v;
-          best_k = k;
-          best_ratio = ratio;
-          best_gain = gain;
-        }
-      }
+      const Growth& g = GrowthOf(v);
+      if (g.k == 0) continue;
+      const Growth& b = growth_[best_v < 0 ? v : best_v];
+      if (best_v < 0 || g.ratio > b.ratio || (g.ratio == b.ratio && g.gain > b.gain)) best_v = v;
     }
-    if (best_v < 0 || !(best_gain > 0)) break;
+    if (best_v < 0 || !(growth_[best_v].gain > 0)) break;
+    const int best_k = growth_[best_v].k;
     const int before = static_cast<int>(overs_.size());
     log_.clear();
     for (int j = 0; j < best_k; ++j) {
@@ -294,6 +273,37 @@ bool PairReplan::CountMoves() {
     }
   }
   return true;
+}
+
+// v's best growth: per over rank holding v, how many more replicas of v bring it under C; the k
+// whose (kOverWeight x ranks brought under - k) / k is largest (ties: more gained, then smaller
+// k). Depends on what RefreshOver invalidates, as ReleasesOf.
+const PairReplan::Growth& PairReplan::GrowthOf(int v) {
+  Growth& g = growth_[v];
+  if (growth_valid_[v]) return g;
+  growth_valid_[v] = 1;
+  g = Growth{};
+  needs_.clear();
+  for (int r : Holders(v)) {
+    if (!over_[r]) continue;
+    const double room = cap_ - piece_[Other(r, v)];
+    if (!(room > 0)) continue;
+    const double k = std::ceil(w_[v] / room - 1e-12) - count_[v];
+    const int need = k > kMaxReplicas ? kMaxReplicas + 1 : std::max(1, static_cast<int>(k));
+    needs_.push_back(need);  // kept sorted: a few entries
+    for (size_t i = needs_.size() - 1; i > 0 && needs_[i - 1] > need; --i) {
+      std::swap(needs_[i - 1], needs_[i]);
+    }
+  }
+  for (size_t i = 0; i < needs_.size(); ++i) {
+    const int k = needs_[i];
+    if (k > kMaxReplicas || count_[v] + k > R_) break;
+    if (i + 1 < needs_.size() && needs_[i + 1] == k) continue;
+    const double gain = kOverWeight * static_cast<double>(i + 1) - k;
+    const double ratio = gain / k;
+    if (g.k == 0 || ratio > g.ratio || (ratio == g.ratio && gain > g.gain)) g = {k, ratio, gain};
+  }
+  return g;
 }
 
 bool PairReplan::SettleCounts() {

@@ -40,6 +40,11 @@ class PairReplan {
   };
   const std::vector<Release>& ReleasesOf(int u, double pu);
   bool CountMoves();
+  struct Growth {  // more replicas of an expert for the over ranks holding it (CountMoves)
+    int k = 0;     // how many; 0: none helps
+    double ratio = 0, gain = 0;
+  };
+  const Growth& GrowthOf(int v);
   bool SettleCounts();
   bool Pool();
   bool Pair();
@@ -62,6 +67,8 @@ class PairReplan {
   std::vector<std::pair<double, int>> release_;  // (w / (count - 1), e) of count >= 2, ascending
   std::vector<std::vector<Release>> releases_;   // per expert, ReleasesOf's list ...
   std::vector<uint8_t> release_valid_;           // ... and whether it is up to date
+  std::vector<Growth> growth_;                   // per expert, GrowthOf's result ...
+  std::vector<uint8_t> growth_valid_;            // ... and whether it is up to date
   std::vector<std::pair<double, int>> pieces_;   // every replica's (piece, expert), ascending
   std::vector<int> stamp_;                       // per expert or rank: scratch marks
   int stamp_no_ = 0;
