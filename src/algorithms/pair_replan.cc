@@ -119,7 +119,7 @@ void PairReplan::Start() {
   release_.clear();
   for (int e = 0; e < E_; ++e) {
     piece_[e] = w_[e] / count_[e];
-    if (count_[e] >= 2) release_.emplace_back(w_[e] / (count_[e] - 1), e);
+    if (count_[e] >= 2) release_.push_back({w_[e] / (count_[e] - 1), e});
   }
   std::sort(release_.begin(), release_.end());
   over_.assign(R_, 0);
@@ -160,12 +160,12 @@ void PairReplan::Move(int u, int r, int v) {
 // Moves e to its place in release_ after its count changed from old_count.
 void PairReplan::Reorder(int e, int old_count) {
   const auto begin = release_.begin(), end = release_.end();
-  const std::pair<double, int> now{count_[e] >= 2 ? w_[e] / (count_[e] - 1) : 0.0, e};
+  const Entry now{count_[e] >= 2 ? w_[e] / (count_[e] - 1) : 0.0, e};
   if (old_count < 2) {
     release_.insert(std::lower_bound(begin, end, now), now);
     return;
   }
-  const auto at = std::lower_bound(begin, end, std::pair{w_[e] / (old_count - 1), e});
+  const auto at = std::lower_bound(begin, end, Entry{w_[e] / (old_count - 1), e});
   if (count_[e] < 2) {
     release_.erase(at);
     return;
@@ -241,19 +241,21 @@ const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu)
 
 bool PairReplan::CountMoves() {
   for (int round = 0; round < R_; ++round) {
-    // The experts on over ranks, ascending.
+    // The best growth of an expert on an over rank (ties: lower expert).
     ++stamp_no_;
-    for (int r : overs_) {
-      stamp_[pair_[2 * r]] = stamp_no_;
-      stamp_[pair_[2 * r + 1]] = stamp_no_;
-    }
     int best_v = -1;
-    for (int v = 0; v < E_; ++v) {
-      if (stamp_[v] != stamp_no_ || tabu_[v]) continue;
-      const Growth& g = GrowthOf(v);
-      if (g.k == 0) continue;
-      const Growth& b = growth_[best_v < 0 ? v : best_v];
-      if (best_v < 0 || g.ratio > b.ratio || (g.ratio == b.ratio && g.gain > b.gain)) best_v = v;
+    for (int r : overs_) {
+      for (int v : {pair_[2 * r], pair_[2 * r + 1]}) {
+        if (stamp_[v] == stamp_no_ || tabu_[v]) continue;
+        stamp_[v] = stamp_no_;
+        const Growth& g = GrowthOf(v);
+        if (g.k == 0) continue;
+        const Growth& b = growth_[best_v < 0 ? v : best_v];
+        if (best_v < 0 || g.ratio > b.ratio ||
+            (g.ratio == b.ratio && (g.gain > b.gain || (g.gain == b.gain && v < best_v)))) {
+          best_v = v;
+        }
+      }
     }
     if (best_v < 0 || !(growth_[best_v].gain > 0)) break;
     const int best_k = growth_[best_v].k;
@@ -309,10 +311,10 @@ const PairReplan::Growth& PairReplan::GrowthOf(int v) {
 bool PairReplan::SettleCounts() {
   pieces_.clear();
   for (int e = 0; e < E_; ++e) {
-    for (int c = 0; c < count_[e]; ++c) pieces_.emplace_back(piece_[e], e);
+    for (int c = 0; c < count_[e]; ++c) pieces_.push_back({piece_[e], e});
   }
   std::sort(pieces_.begin(), pieces_.end());
-  auto value = [](const std::pair<double, int>& p) { return p.first; };
+  auto value = [](const Entry& p) { return p.value; };
   double lowest = std::numeric_limits<double>::infinity();
   int stall = 0;
   for (int move = 0; move < 2 * R_; ++move) {
@@ -324,17 +326,17 @@ bool PairReplan::SettleCounts() {
     } else if (++stall >= kStall) {
       break;
     }
-    const int v = pieces_[pieces_.size() - 1 - at].second;
+    const int v = pieces_[pieces_.size() - 1 - at].expert;
     const auto [u, r] = BestRemoval(v);
     if (u < 0) break;
-    const std::pair<double, int> old_u{piece_[u], u}, old_v{piece_[v], v};
+    const Entry old_u{piece_[u], u}, old_v{piece_[v], v};
     Move(u, r, v);
     // u's and v's replicas leave as a run of equal entries and come back with their new piece.
     for (const auto& [old, e, old_count] : {std::tuple{old_u, u, count_[u] + 1},
                                              std::tuple{old_v, v, count_[v] - 1}}) {
       const auto from = std::lower_bound(pieces_.begin(), pieces_.end(), old);
       pieces_.erase(from, from + old_count);
-      const std::pair<double, int> now{piece_[e], e};
+      const Entry now{piece_[e], e};
       pieces_.insert(std::lower_bound(pieces_.begin(), pieces_.end(), now), count_[e], now);
     }
   }

@@ -64,12 +64,18 @@ class PairReplan {
   std::vector<uint8_t> over_;  // per rank: load above the cap
   std::vector<int> overs_;     // the ranks over the cap
   std::vector<int> over_at_;   // per rank over the cap, its index in overs_
-  std::vector<std::pair<double, int>> release_;  // (w / (count - 1), e) of count >= 2, ascending
+  // (value, expert), ordered as a pair; trivially copyable, so moving entries is a memmove.
+  struct Entry {
+    double value;
+    int expert;
+    auto operator<=>(const Entry&) const = default;
+  };
+  std::vector<Entry> release_;  // (w / (count - 1), e) of count >= 2, ascending
   std::vector<std::vector<Release>> releases_;   // per expert, ReleasesOf's list ...
   std::vector<uint8_t> release_valid_;           // ... and whether it is up to date
   std::vector<Growth> growth_;                   // per expert, GrowthOf's result ...
   std::vector<uint8_t> growth_valid_;            // ... and whether it is up to date
-  std::vector<std::pair<double, int>> pieces_;   // every replica's (piece, expert), ascending
+  std::vector<Entry> pieces_;   // every replica's (piece, expert), ascending
   std::vector<int> stamp_;                       // per expert or rank: scratch marks
   int stamp_no_ = 0;
   std::vector<int> tabu_;                        // per expert, marked in CountMoves
