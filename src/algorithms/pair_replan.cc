@@ -207,7 +207,7 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
   for (const auto& [pu, u] : release_) {  // pu: u's piece with one replica fewer
     if (++seen > kCandidates || !(pu < pv)) break;
     if (u == v) continue;
-    for (const Release& c : ReleasesOf(u, pu)) {
+    for (const Release& c : release_valid_[u] ? releases_[u] : ReleasesOf(u, pu)) {
       if (c.partner == v) continue;
       const int score = c.score + !(pv_more + c.partner_piece > cap_);
       if (score > best_score) {
@@ -480,6 +480,20 @@ bool PairReplan::Pair() {
     if (rank_pair_[r] >= 0) continue;
     by_expert_[fill[current_[2 * r]]++] = r;
     by_expert_[fill[current_[2 * r + 1]]++] = r;
+  }
+  // A pair first takes a free rank sharing an expert if there is one; augmenting paths then
+  // complete a maximum matching. Every matched pair keeps exactly one expert on its rank (two
+  // would make it that rank's current pair), so any maximum matching changes as few slots.
+  for (size_t i = 0; i < k; ++i) {
+    if (pair_rank_[i] >= 0) continue;
+    for (int e : {pairs_[i].first, pairs_[i].second}) {
+      for (int t = offsets_[e]; t < offsets_[e + 1] && pair_rank_[i] < 0; ++t) {
+        const int r = by_expert_[t];
+        if (rank_pair_[r] >= 0) continue;
+        rank_pair_[r] = static_cast<int>(i);
+        pair_rank_[i] = r;
+      }
+    }
   }
   seen_.assign(R_, 0);
   seen_no_ = 0;
