@@ -248,7 +248,7 @@ bool PairReplan::CountMoves() {
       for (int v : {pair_[2 * r], pair_[2 * r + 1]}) {
         if (stamp_[v] == stamp_no_ || tabu_[v]) continue;
         stamp_[v] = stamp_no_;
-        const Growth& g = GrowthOf(v);
+        const Growth& g = growth_valid_[v] ? growth_[v] : GrowthOf(v);
         if (g.k == 0) continue;
         const Growth& b = growth_[best_v < 0 ? v : best_v];
         if (best_v < 0 || g.ratio > b.ratio ||
@@ -348,11 +348,9 @@ bool PairReplan::SettleCounts() {
 
 bool PairReplan::Pool() {
   pool_.clear();
-  in_pool_.assign(R_, 0);
   pool_pieces_.clear();
   auto add = [&](int r) {
     pool_.push_back(r);
-    in_pool_[r] = 1;
     for (int e : {pair_[2 * r], pair_[2 * r + 1]}) {
       const double p = piece_[e];
       pool_pieces_.insert(std::upper_bound(pool_pieces_.begin(), pool_pieces_.end(), p), p);
@@ -386,29 +384,33 @@ bool PairReplan::Pool() {
       }
     }
     if (need < 0) return true;
-    const int best = PickDonor(need);
+    const int best = TakeDonor(need);
     if (best < 0) return false;
     add(best);
   }
 }
 
-// The rank outside the pool that best helps a piece needing a partner <= need: one holding such
-// a piece (a changed rank first, then the lightest other piece), else the one with the lightest
-// piece (a changed rank first); ties: lower rank. Each list is sorted by (lighter piece, rank).
-int PairReplan::PickDonor(double need) const {
-  for (const auto& list : donors_) {
-    const Donor* best = nullptr;
-    for (const auto& d : list) {
-      if (d.lo > need) break;
-      if (in_pool_[d.r]) continue;
-      if (best == nullptr || d.hi < best->hi || (d.hi == best->hi && d.r < best->r)) best = &d;
+// Takes the rank outside the pool that best helps a piece needing a partner <= need: one
+// holding such a piece (a changed rank first, then the lightest other piece), else the one with
+// the lightest piece (a changed rank first); ties: lower rank. Each list is sorted by (lighter
+// piece, rank). Returns -1 when every rank is in the pool.
+int PairReplan::TakeDonor(double need) {
+  auto take = [](std::vector<Donor>& list, std::vector<Donor>::iterator it) {
+    const int r = it->r;
+    list.erase(it);
+    return r;
+  };
+  for (auto& list : donors_) {
+    auto best = list.end();
+    for (auto it = list.begin(); it != list.end() && it->lo <= need; ++it) {
+      if (best == list.end() || it->hi < best->hi || (it->hi == best->hi && it->r < best->r)) {
+        best = it;
+      }
     }
-    if (best != nullptr) return best->r;
+    if (best != list.end()) return take(list, best);
   }
-  for (const auto& list : donors_) {
-    for (const auto& d : list) {
-      if (!in_pool_[d.r]) return d.r;
-    }
+  for (auto& list : donors_) {
+    if (!list.empty()) return take(list, list.begin());
   }
   return -1;
 }

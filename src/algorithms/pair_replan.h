@@ -49,7 +49,7 @@ class PairReplan {
   bool Pool();
   bool Pair();
   bool Augment(int i);
-  int PickDonor(double need) const;
+  int TakeDonor(double need);
 
   std::span<const double> w_;
   std::span<const int> current_;
@@ -82,7 +82,7 @@ class PairReplan {
   std::vector<int> needs_;
   std::vector<std::pair<int, int>> log_;
   // Pool() and Pair(): the ranks re-paired, their experts, the new pairs and their assignment.
-  std::vector<int> pool_, in_pool_;
+  std::vector<int> pool_;
   std::vector<double> pool_pieces_;
   struct Donor {
     double lo, hi;  // its lighter and heavier piece
