@@ -309,11 +309,12 @@ const PairReplan::Growth& PairReplan::GrowthOf(int v) {
 }
 
 bool PairReplan::SettleCounts() {
+  // Every replica's piece, ascending: the experts sorted, each repeated count times.
+  experts_.clear();
+  for (int e = 0; e < E_; ++e) experts_.push_back({piece_[e], e});
+  std::sort(experts_.begin(), experts_.end());
   pieces_.clear();
-  for (int e = 0; e < E_; ++e) {
-    for (int c = 0; c < count_[e]; ++c) pieces_.push_back({piece_[e], e});
-  }
-  std::sort(pieces_.begin(), pieces_.end());
+  for (const Entry& p : experts_) pieces_.insert(pieces_.end(), count_[p.expert], p);
   auto value = [](const Entry& p) { return p.value; };
   double lowest = std::numeric_limits<double>::infinity();
   int stall = 0;

@@ -68,7 +68,9 @@ class PairReplan {
   struct Entry {
     double value;
     int expert;
-    auto operator<=>(const Entry&) const = default;
+    bool operator<(const Entry& o) const {
+      return value < o.value || (value == o.value && expert < o.expert);
+    }
   };
   std::vector<Entry> release_;  // (w / (count - 1), e) of count >= 2, ascending
   std::vector<std::vector<Release>> releases_;   // per expert, ReleasesOf's list ...
@@ -76,6 +78,7 @@ class PairReplan {
   std::vector<Growth> growth_;                   // per expert, GrowthOf's result ...
   std::vector<uint8_t> growth_valid_;            // ... and whether it is up to date
   std::vector<Entry> pieces_;   // every replica's (piece, expert), ascending
+  std::vector<Entry> experts_;  // SettleCounts' scratch
   std::vector<int> stamp_;                       // per expert or rank: scratch marks
   int stamp_no_ = 0;
   std::vector<int> tabu_;                        // per expert, marked in CountMoves
