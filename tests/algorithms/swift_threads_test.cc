@@ -43,6 +43,30 @@ TEST(SwiftThreadsTest, PlacementDoesNotDependOnTheThreadCount) {
   }
 }
 
+TEST(SwiftThreadsTest, PairReplanDoesNotDependOnTheThreadCount) {
+  // Two slots per rank on one node without caps: each thread re-pairs its layers with a
+  // PairReplan of its own.
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+    Shape shape;
+    shape.layers = pick(3, 9);
+    shape.ranks = pick(2, 32);
+    shape.slots_per_rank = 2;
+    shape.experts = pick(2, 2 * shape.ranks);
+    const LoadMatrix load = testing::RandomLoad(rng, shape);
+    const Placement current = testing::RandomPlacement(rng, shape);
+    AlgorithmOptions options;
+    const Placement incremental = Balanced(load, shape, &current, options);
+    for (int threads : {2, 3, 8}) {
+      SCOPED_TRACE("threads " + std::to_string(threads));
+      options.threads = threads;
+      EXPECT_EQ(Balanced(load, shape, &current, options), incremental);
+    }
+  }
+}
+
 TEST(SwiftThreadsTest, RejectsAThreadCountOutOfRange) {
   for (int threads : {0, -1, 257}) {
     AlgorithmOptions options;
