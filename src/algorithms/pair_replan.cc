@@ -45,10 +45,10 @@
 namespace eplb {
 namespace {
 
-constexpr int kCandidates = 65;     // releases BestRemoval compares
-constexpr int kMaxReplicas = 8;     // most replicas phase 1 adds to one expert at once
-constexpr double kOverWeight = 2;   // an over rank fixed is worth this many slots changed
-constexpr int kStall = 8;           // phase 2's moves without a lower peak before it gives up
+constexpr int kCandidates = 65;    // releases BestRemoval compares
+constexpr int kMaxReplicas = 8;    // most replicas phase 1 adds to one expert at once
+constexpr double kOverWeight = 2;  // an over rank fixed is worth this many slots changed
+constexpr int kStall = 8;          // phase 2's moves without a lower peak before it gives up
 
 // The largest sum of the i-th lightest and i-th heaviest of `sorted` (first such i); get(x)
 // reads a value.
@@ -93,7 +93,8 @@ bool PairReplan::Run(std::span<const double> w, std::span<const int> current, in
       out.assign(pair_.begin(), pair_.end());
       return true;
     }
-    cap = attempt == 1 ? std::max(cap * 1.003, last_peak_ * 1.001) : std::max(cap, last_peak_) * 1.05;
+    cap =
+        attempt == 1 ? std::max(cap * 1.003, last_peak_ * 1.001) : std::max(cap, last_peak_) * 1.05;
   }
   return false;
 }
@@ -239,7 +240,7 @@ const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu)
   return list;
 }
 
-bool PairReplan::CountMoves() {
+void PairReplan::CountMoves() {
   for (int round = 0; round < R_; ++round) {
     // The best growth of an expert on an over rank (ties: lower expert).
     ++stamp_no_;
@@ -268,13 +269,12 @@ bool PairReplan::CountMoves() {
       log_.emplace_back(u, r);
     }
     if (log_.empty() || kOverWeight * (before - static_cast<int>(overs_.size())) -
-                               static_cast<double>(log_.size()) <=
-                           0) {
+                                static_cast<double>(log_.size()) <=
+                            0) {
       for (auto it = log_.rbegin(); it != log_.rend(); ++it) Move(best_v, it->second, it->first);
       tabu_[best_v] = 1;
     }
   }
-  return true;
 }
 
 // v's best growth: per over rank holding v, how many more replicas of v bring it under C; the k
@@ -333,8 +333,8 @@ bool PairReplan::SettleCounts() {
     const Entry old_u{piece_[u], u}, old_v{piece_[v], v};
     Move(u, r, v);
     // u's and v's replicas leave as a run of equal entries and come back with their new piece.
-    for (const auto& [old, e, old_count] : {std::tuple{old_u, u, count_[u] + 1},
-                                             std::tuple{old_v, v, count_[v] - 1}}) {
+    for (const auto& [old, e, old_count] :
+         {std::tuple{old_u, u, count_[u] + 1}, std::tuple{old_v, v, count_[v] - 1}}) {
       const auto from = std::lower_bound(pieces_.begin(), pieces_.end(), old);
       pieces_.erase(from, from + old_count);
       const Entry now{piece_[e], e};

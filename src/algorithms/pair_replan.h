@@ -34,12 +34,12 @@ class PairReplan {
   std::pair<int, int> BestRemoval(int v);  // (expert u, rank) or (-1, -1)
   struct Release {  // a rank's replica of u given up for one of another expert v
     int rank;
-    int partner;           // the other expert of the rank
-    int score;             // its score in BestRemoval, less 1 if v fits beside the partner
+    int partner;  // the other expert of the rank
+    int score;    // its score in BestRemoval, less 1 if v fits beside the partner
     double partner_piece;
   };
   const std::vector<Release>& ReleasesOf(int u, double pu);
-  bool CountMoves();
+  void CountMoves();
   struct Growth {  // more replicas of an expert for the over ranks holding it (CountMoves)
     int k = 0;     // how many; 0: none helps
     double ratio = 0, gain = 0;
@@ -57,13 +57,13 @@ class PairReplan {
   double cap_ = 0;
   double last_peak_ = 0;  // the lowest sorted-pairing peak SettleCounts reached when it failed
 
-  std::vector<int> pair_;      // the layer being re-planned, 2 slots per rank
-  std::vector<int> count_;     // replicas per expert
-  std::vector<double> piece_;  // w / count
+  std::vector<int> pair_;               // the layer being re-planned, 2 slots per rank
+  std::vector<int> count_;              // replicas per expert
+  std::vector<double> piece_;           // w / count
   std::vector<std::vector<int>> hold_;  // per expert, the ranks holding it
-  std::vector<uint8_t> over_;  // per rank: load above the cap
-  std::vector<int> overs_;     // the ranks over the cap
-  std::vector<int> over_at_;   // per rank over the cap, its index in overs_
+  std::vector<uint8_t> over_;           // per rank: load above the cap
+  std::vector<int> overs_;              // the ranks over the cap
+  std::vector<int> over_at_;            // per rank over the cap, its index in overs_
   // (value, expert), ordered as a pair; trivially copyable, so moving entries is a memmove.
   struct Entry {
     double value;
@@ -72,16 +72,16 @@ class PairReplan {
       return value < o.value || (value == o.value && expert < o.expert);
     }
   };
-  std::vector<Entry> release_;  // (w / (count - 1), e) of count >= 2, ascending
-  std::vector<std::vector<Release>> releases_;   // per expert, ReleasesOf's list ...
-  std::vector<uint8_t> release_valid_;           // ... and whether it is up to date
-  std::vector<Growth> growth_;                   // per expert, GrowthOf's result ...
-  std::vector<uint8_t> growth_valid_;            // ... and whether it is up to date
-  std::vector<Entry> pieces_;   // every replica's (piece, expert), ascending
-  std::vector<Entry> experts_;  // SettleCounts' scratch
-  std::vector<int> stamp_;                       // per expert or rank: scratch marks
+  std::vector<Entry> release_;                  // (w / (count - 1), e) of count >= 2, ascending
+  std::vector<std::vector<Release>> releases_;  // per expert, ReleasesOf's list ...
+  std::vector<uint8_t> release_valid_;          // ... and whether it is up to date
+  std::vector<Growth> growth_;                  // per expert, GrowthOf's result ...
+  std::vector<uint8_t> growth_valid_;           // ... and whether it is up to date
+  std::vector<Entry> pieces_;                   // every replica's (piece, expert), ascending
+  std::vector<Entry> experts_;                  // SettleCounts' scratch
+  std::vector<int> stamp_;                      // per expert or rank: scratch marks
   int stamp_no_ = 0;
-  std::vector<int> tabu_;                        // per expert, marked in CountMoves
+  std::vector<int> tabu_;  // per expert, marked in CountMoves
   std::vector<int> needs_;
   std::vector<std::pair<int, int>> log_;
   // Pool() and Pair(): the ranks re-paired, their experts, the new pairs and their assignment.
@@ -96,11 +96,11 @@ class PairReplan {
   std::vector<std::pair<int, int>> pairs_;
   std::vector<std::pair<std::pair<int, int>, int>> keyed_;
   std::vector<int> pair_rank_, rank_pair_, offsets_, by_expert_, fill_, seen_;
-  struct Step {    // a pair on Augment's path
+  struct Step {  // a pair on Augment's path
     int pair;
-    int second;    // whether it is trying the ranks of its second expert
-    int next;      // the next entry of by_expert_ to try
-    int rank;      // the rank it tries now
+    int second;  // whether it is trying the ranks of its second expert
+    int next;    // the next entry of by_expert_ to try
+    int rank;    // the rank it tries now
   };
   std::vector<Step> path_;
   int seen_no_ = 0;

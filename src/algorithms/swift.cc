@@ -52,8 +52,6 @@
 // expert), and no unordered container is used.
 #include "algorithms/swift.h"
 
-#include "algorithms/pair_replan.h"
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -66,6 +64,8 @@
 #include <numeric>
 #include <system_error>
 #include <thread>
+
+#include "algorithms/pair_replan.h"
 
 namespace eplb {
 namespace {
@@ -1274,10 +1274,9 @@ class Swift final : public Balancer {
       };
       // Two slots per rank on one node without caps: the pairing re-plan (pair_replan.cc); the
       // excess search where it finds nothing better than the placement in use.
-      const bool by_pairs = shape.slots_per_rank == 2 && !Hierarchical(shape) &&
-                            options_.max_changes_per_layer < 0 &&
-                            options_.max_changes_per_cycle < 0 &&
-                            !(shape.nodes > 1 && options_.inter_node_cost > 1);
+      const bool by_pairs =
+          shape.slots_per_rank == 2 && !Hierarchical(shape) && options_.max_changes_per_layer < 0 &&
+          options_.max_changes_per_cycle < 0 && !(shape.nodes > 1 && options_.inter_node_cost > 1);
       auto balance_layer = [&](int l, int64_t budget, Replan& w) {
         PairReplan::Result paired;
         if (by_pairs &&
