@@ -499,11 +499,11 @@ bool PairReplan::Pair() {
     }
   }
   seen_.assign(R_, 0);
-  seen_no_ = 0;
+  // The marks of a search that found no path stay: the matching did not change, so no rank it
+  // reached leads to a free rank in the next search either.
+  seen_no_ = 1;
   for (size_t i = 0; i < k; ++i) {
-    if (pair_rank_[i] >= 0) continue;
-    ++seen_no_;
-    Augment(static_cast<int>(i));
+    if (pair_rank_[i] < 0 && Augment(static_cast<int>(i))) ++seen_no_;
   }
   std::vector<int>& left = fill_;  // the pool's ranks without a pair
   left.clear();
