@@ -50,15 +50,14 @@ constexpr int kMaxReplicas = 8;    // most replicas phase 1 adds to one expert a
 constexpr double kOverWeight = 2;  // an over rank fixed is worth this many slots changed
 constexpr int kStall = 8;          // phase 2's moves without a lower peak before it gives up
 
-// The largest sum of the i-th lightest and i-th heaviest of `sorted` (first such i); get(x)
-// reads a value.
-template <typename T, typename Get>
-std::pair<double, size_t> SortedPeak(const std::vector<T>& sorted, Get get) {
+// The largest sum of the i-th lightest and the i-th heaviest of `sorted` (ascending), and the
+// first i where it is reached.
+std::pair<double, size_t> SortedPeak(std::span<const PairReplan::Entry> sorted) {
   const size_t n = sorted.size();
   double peak = -std::numeric_limits<double>::infinity();
   size_t at = 0;
   for (size_t i = 0; i < n / 2; ++i) {
-    const double s = get(sorted[i]) + get(sorted[n - 1 - i]);
+    const double s = sorted[i].value + sorted[n - 1 - i].value;
     if (s > peak) {
       peak = s;
       at = i;
@@ -87,7 +86,7 @@ bool PairReplan::Run(std::span<const double> w, std::span<const int> current, in
         const int a = pair_[2 * r], b = pair_[2 * r + 1];
         if (a == b) return false;  // not reached: every phase keeps the experts of a rank distinct
         peak = std::max(peak, piece_[a] + piece_[b]);
-        for (int e : {a, b}) result.changes += e != current_[2 * r] && e != current_[2 * r + 1];
+        result.changes += Arrived(r, a) + Arrived(r, b);
       }
       result.balancedness = total / R_ / peak;
       out.assign(pair_.begin(), pair_.end());
@@ -108,19 +107,14 @@ bool PairReplan::Attempt(double cap) {
 
 void PairReplan::Start() {
   pair_.assign(current_.begin(), current_.end());
-  count_.assign(E_, 0);
   hold_.resize(E_);
   for (auto& h : hold_) h.clear();
-  for (int i = 0; i < 2 * R_; ++i) {
-    const int e = pair_[i];
-    hold_[e].push_back(i / 2);
-    ++count_[e];
-  }
+  for (int i = 0; i < 2 * R_; ++i) hold_[pair_[i]].push_back(i / 2);
   piece_.resize(E_);
   release_.clear();
   for (int e = 0; e < E_; ++e) {
-    piece_[e] = w_[e] / count_[e];
-    if (count_[e] >= 2) release_.push_back({w_[e] / (count_[e] - 1), e});
+    piece_[e] = w_[e] / Count(e);
+    if (Count(e) >= 2) release_.push_back({w_[e] / (Count(e) - 1), e});
   }
   std::sort(release_.begin(), release_.end());
   over_.assign(R_, 0);
@@ -136,7 +130,7 @@ void PairReplan::Start() {
   releases_.resize(E_);
   growth_valid_.assign(E_, 0);
   growth_.resize(E_);
-  stamp_.assign(std::max(E_, R_), 0);
+  stamp_.assign(E_, 0);
   stamp_no_ = 0;
   tabu_.assign(E_, 0);
 }
@@ -147,13 +141,11 @@ void PairReplan::Move(int u, int r, int v) {
   std::vector<int>& holders = hold_[u];
   *std::find(holders.begin(), holders.end(), r) = holders.back();
   holders.pop_back();
-  --count_[u];
   hold_[v].push_back(r);
-  ++count_[v];
-  piece_[u] = w_[u] / count_[u];
-  piece_[v] = w_[v] / count_[v];
-  Reorder(u, count_[u] + 1);
-  Reorder(v, count_[v] - 1);
+  piece_[u] = w_[u] / Count(u);
+  piece_[v] = w_[v] / Count(v);
+  Reorder(u, Count(u) + 1);
+  Reorder(v, Count(v) - 1);
   RefreshOver(u);
   RefreshOver(v);
 }
@@ -161,13 +153,13 @@ void PairReplan::Move(int u, int r, int v) {
 // Moves e to its place in release_ after its count changed from old_count.
 void PairReplan::Reorder(int e, int old_count) {
   const auto begin = release_.begin(), end = release_.end();
-  const Entry now{count_[e] >= 2 ? w_[e] / (count_[e] - 1) : 0.0, e};
+  const Entry now{Count(e) >= 2 ? w_[e] / (Count(e) - 1) : 0.0, e};
   if (old_count < 2) {
     release_.insert(std::lower_bound(begin, end, now), now);
     return;
   }
   const auto at = std::lower_bound(begin, end, Entry{w_[e] / (old_count - 1), e});
-  if (count_[e] < 2) {
+  if (Count(e) < 2) {
     release_.erase(at);
     return;
   }
@@ -201,7 +193,7 @@ void PairReplan::RefreshOver(int e) {
 
 std::pair<int, int> PairReplan::BestRemoval(int v) {
   const double pv = piece_[v];
-  const double pv_more = w_[v] / (count_[v] + 1);
+  const double pv_more = w_[v] / (Count(v) + 1);
   std::pair<int, int> best{-1, -1};
   int best_score = INT_MIN;
   int seen = 0;
@@ -290,7 +282,7 @@ const PairReplan::Growth& PairReplan::GrowthOf(int v) {
     if (!over_[r]) continue;
     const double room = cap_ - piece_[Other(r, v)];
     if (!(room > 0)) continue;
-    const double k = std::ceil(w_[v] / room - 1e-12) - count_[v];
+    const double k = std::ceil(w_[v] / room - 1e-12) - Count(v);
     const int need = k > kMaxReplicas ? kMaxReplicas + 1 : std::max(1, static_cast<int>(k));
     needs_.push_back(need);  // kept sorted: a few entries
     for (size_t i = needs_.size() - 1; i > 0 && needs_[i - 1] > need; --i) {
@@ -299,7 +291,7 @@ const PairReplan::Growth& PairReplan::GrowthOf(int v) {
   }
   for (size_t i = 0; i < needs_.size(); ++i) {
     const int k = needs_[i];
-    if (k > kMaxReplicas || count_[v] + k > R_) break;
+    if (k > kMaxReplicas || Count(v) + k > R_) break;
     if (i + 1 < needs_.size() && needs_[i + 1] == k) continue;
     const double gain = kOverWeight * static_cast<double>(i + 1) - k;
     const double ratio = gain / k;
@@ -314,12 +306,11 @@ bool PairReplan::SettleCounts() {
   for (int e = 0; e < E_; ++e) experts_.push_back({piece_[e], e});
   std::sort(experts_.begin(), experts_.end());
   pieces_.clear();
-  for (const Entry& p : experts_) pieces_.insert(pieces_.end(), count_[p.expert], p);
-  auto value = [](const Entry& p) { return p.value; };
+  for (const Entry& p : experts_) pieces_.insert(pieces_.end(), Count(p.expert), p);
   double lowest = std::numeric_limits<double>::infinity();
   int stall = 0;
   for (int move = 0; move < 2 * R_; ++move) {
-    const auto [peak, at] = SortedPeak(pieces_, value);
+    const auto [peak, at] = SortedPeak(pieces_);
     if (peak <= cap_) return true;
     if (peak < lowest) {
       lowest = peak;
@@ -334,14 +325,14 @@ bool PairReplan::SettleCounts() {
     Move(u, r, v);
     // u's and v's replicas leave as a run of equal entries and come back with their new piece.
     for (const auto& [old, e, old_count] :
-         {std::tuple{old_u, u, count_[u] + 1}, std::tuple{old_v, v, count_[v] - 1}}) {
+         {std::tuple{old_u, u, Count(u) + 1}, std::tuple{old_v, v, Count(v) - 1}}) {
       const auto from = std::lower_bound(pieces_.begin(), pieces_.end(), old);
       pieces_.erase(from, from + old_count);
       const Entry now{piece_[e], e};
-      pieces_.insert(std::lower_bound(pieces_.begin(), pieces_.end(), now), count_[e], now);
+      pieces_.insert(std::lower_bound(pieces_.begin(), pieces_.end(), now), Count(e), now);
     }
   }
-  const double peak = SortedPeak(pieces_, value).first;
+  const double peak = SortedPeak(pieces_).first;
   if (peak <= cap_) return true;
   last_peak_ = std::min(lowest, peak);
   return false;
@@ -364,9 +355,7 @@ bool PairReplan::Pool() {
       continue;
     }
     const int a = pair_[2 * r], b = pair_[2 * r + 1];
-    const bool changed = (a != current_[2 * r] && a != current_[2 * r + 1]) ||
-                         (b != current_[2 * r] && b != current_[2 * r + 1]);
-    donors_[changed ? 0 : 1].push_back(
+    donors_[Arrived(r, a) || Arrived(r, b) ? 0 : 1].push_back(
         {std::min(piece_[a], piece_[b]), std::max(piece_[a], piece_[b]), r});
   }
   for (auto& list : donors_) {

@@ -12,6 +12,14 @@ namespace eplb {
 // Owned by one thread and reused across layers, so a Balance() call allocates once per shape.
 class PairReplan {
  public:
+  // (value, expert), ordered as a pair; trivially copyable, so moving entries is a memmove.
+  struct Entry {
+    double value;
+    int expert;
+    bool operator<(const Entry& o) const {
+      return value < o.value || (value == o.value && expert < o.expert);
+    }
+  };
   struct Result {
     double balancedness = 0;  // mean rank load / largest rank load of the new placement
     int changes = 0;          // slots whose expert the rank did not hold in the placement in use
@@ -28,6 +36,9 @@ class PairReplan {
   int Other(int r, int e) const { return pair_[2 * r] == e ? pair_[2 * r + 1] : pair_[2 * r]; }
   bool Over(int r) const { return piece_[pair_[2 * r]] + piece_[pair_[2 * r + 1]] > cap_; }
   const std::vector<int>& Holders(int e) const { return hold_[e]; }
+  int Count(int e) const { return static_cast<int>(hold_[e].size()); }  // e's replicas
+  // Whether e on rank r is new there (r did not hold it in the placement in use).
+  bool Arrived(int r, int e) const { return e != current_[2 * r] && e != current_[2 * r + 1]; }
   void Move(int u, int r, int v);
   void Reorder(int e, int old_count);
   void RefreshOver(int e);
@@ -35,7 +46,7 @@ class PairReplan {
   struct Release {  // a rank's replica of u given up for one of another expert v
     int rank;
     int partner;  // the other expert of the rank
-    int score;    // its score in BestRemoval, less 1 if v fits beside the partner
+    int score;    // BestRemoval's score without v's part (1 more when v fits beside the partner)
     double partner_piece;
   };
   const std::vector<Release>& ReleasesOf(int u, double pu);
@@ -57,21 +68,12 @@ class PairReplan {
   double cap_ = 0;
   double last_peak_ = 0;  // the lowest sorted-pairing peak SettleCounts reached when it failed
 
-  std::vector<int> pair_;               // the layer being re-planned, 2 slots per rank
-  std::vector<int> count_;              // replicas per expert
-  std::vector<double> piece_;           // w / count
-  std::vector<std::vector<int>> hold_;  // per expert, the ranks holding it
-  std::vector<uint8_t> over_;           // per rank: load above the cap
-  std::vector<int> overs_;              // the ranks over the cap
-  std::vector<int> over_at_;            // per rank over the cap, its index in overs_
-  // (value, expert), ordered as a pair; trivially copyable, so moving entries is a memmove.
-  struct Entry {
-    double value;
-    int expert;
-    bool operator<(const Entry& o) const {
-      return value < o.value || (value == o.value && expert < o.expert);
-    }
-  };
+  std::vector<int> pair_;                       // the layer being re-planned, 2 slots per rank
+  std::vector<double> piece_;                   // w / count
+  std::vector<std::vector<int>> hold_;          // per expert, the ranks holding it
+  std::vector<uint8_t> over_;                   // per rank: load above the cap
+  std::vector<int> overs_;                      // the ranks over the cap
+  std::vector<int> over_at_;                    // per rank over the cap, its index in overs_
   std::vector<Entry> release_;                  // (w / (count - 1), e) of count >= 2, ascending
   std::vector<std::vector<Release>> releases_;  // per expert, ReleasesOf's list ...
   std::vector<uint8_t> release_valid_;          // ... and whether it is up to date
@@ -79,7 +81,7 @@ class PairReplan {
   std::vector<uint8_t> growth_valid_;           // ... and whether it is up to date
   std::vector<Entry> pieces_;                   // every replica's (piece, expert), ascending
   std::vector<Entry> experts_;                  // SettleCounts' scratch
-  std::vector<int> stamp_;                      // per expert or rank: scratch marks
+  std::vector<int> stamp_;                      // per expert: CountMoves' marks
   int stamp_no_ = 0;
   std::vector<int> tabu_;  // per expert, marked in CountMoves
   std::vector<int> needs_;
