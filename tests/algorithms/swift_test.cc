@@ -27,6 +27,25 @@ StatusOr<BalanceResult> RunSwift(const LoadMatrix& load, const Shape& shape,
   return (*balancer)->Balance({&load, shape, current});
 }
 
+// A generated workload shift at 256 ranks x 2 slots (16 layers): the loads before and after, and
+// swift's placement for the loads before.
+struct GeneratorShift {
+  LoadMatrix before, after;
+  Shape shape{.layers = 16, .experts = 256, .ranks = 256, .slots_per_rank = 2};
+  Placement placed;
+};
+GeneratorShift MakeGeneratorShift() {
+  GeneratorShift s;
+  GeneratorOptions g{.layers = s.shape.layers};
+  s.before = GenerateLoad(g);
+  g.shift = 1;
+  s.after = GenerateLoad(g);
+  auto placed = RunSwift(s.before, s.shape);
+  EXPECT_TRUE(placed.ok());
+  if (placed.ok()) s.placed = placed->placement;
+  return s;
+}
+
 TEST(SwiftTest, FromScratchIsValidAndDeterministic) {
   for (uint64_t seed = 1; seed <= 300; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
@@ -175,20 +194,14 @@ TEST(SwiftTest, AnUnreachableTargetReturnsTheMostBalancedPlacementSeen) {
   // through (the one with fewer changes among equals), not where it stopped: on this shift
   // 12.61% of the slots change, 14.09% when it returned where it stopped, at the same
   // balancedness (0.9427).
-  GeneratorOptions g{.layers = 16};
-  const LoadMatrix a = GenerateLoad(g);
-  g.shift = 1;
-  const LoadMatrix b = GenerateLoad(g);
-  const Shape shape{.layers = 16, .experts = 256, .ranks = 256, .slots_per_rank = 2};
-  auto pa = RunSwift(a, shape);
-  ASSERT_TRUE(pa.ok());
+  const GeneratorShift s = MakeGeneratorShift();
   AlgorithmOptions capped;
-  capped.max_changes_per_layer = shape.slots();
-  auto pb = RunSwift(b, shape, &pa->placement, capped);
+  capped.max_changes_per_layer = s.shape.slots();
+  auto pb = RunSwift(s.after, s.shape, &s.placed, capped);
   ASSERT_TRUE(pb.ok());
   const double changed =
-      static_cast<double>(SlotsChanged(pa->placement, pb->placement)) / (16.0 * shape.slots());
-  EXPECT_GE(MeanBalancedness(b, pb->placement), 0.94);
+      static_cast<double>(SlotsChanged(s.placed, pb->placement)) / (16.0 * s.shape.slots());
+  EXPECT_GE(MeanBalancedness(s.after, pb->placement), 0.94);
   EXPECT_LE(changed, 0.135);
 }
 
@@ -197,23 +210,17 @@ TEST(SwiftTest, TwoSlotsPerRankRePairTheLayerToTheTarget) {
   // it reaches 0.9657 with 24.26% of the slots changed, where the excess search (above) stops at
   // 0.9427: most layers at the default target (0.97), the others as close as their replica
   // counts allow (the lowest 0.920).
-  GeneratorOptions g{.layers = 16};
-  const LoadMatrix a = GenerateLoad(g);
-  g.shift = 1;
-  const LoadMatrix b = GenerateLoad(g);
-  const Shape shape{.layers = 16, .experts = 256, .ranks = 256, .slots_per_rank = 2};
-  auto pa = RunSwift(a, shape);
-  ASSERT_TRUE(pa.ok());
-  auto pb = RunSwift(b, shape, &pa->placement);
+  const GeneratorShift s = MakeGeneratorShift();
+  auto pb = RunSwift(s.after, s.shape, &s.placed);
   ASSERT_TRUE(pb.ok());
   const double changed =
-      static_cast<double>(SlotsChanged(pa->placement, pb->placement)) / (16.0 * shape.slots());
+      static_cast<double>(SlotsChanged(s.placed, pb->placement)) / (16.0 * s.shape.slots());
   std::printf("256x2 generator shift: stale %.4f, swift %.4f with %.2f%% changed\n",
-              MeanBalancedness(b, pa->placement), MeanBalancedness(b, pb->placement),
+              MeanBalancedness(s.after, s.placed), MeanBalancedness(s.after, pb->placement),
               100 * changed);
-  EXPECT_GE(MeanBalancedness(b, pb->placement), 0.96);
-  for (int l = 0; l < shape.layers; ++l) {
-    EXPECT_GE(LayerBalancedness(b.row(l), pb->placement, l), 0.91) << "layer " << l;
+  EXPECT_GE(MeanBalancedness(s.after, pb->placement), 0.96);
+  for (int l = 0; l < s.shape.layers; ++l) {
+    EXPECT_GE(LayerBalancedness(s.after.row(l), pb->placement, l), 0.91) << "layer " << l;
   }
   EXPECT_LE(changed, 0.26);
 }
@@ -225,12 +232,7 @@ TEST(SwiftTest, PairReplanIsValidNeverWorseAndDeterministic) {
   for (uint64_t seed = 1; seed <= 300; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937_64 rng(seed);
-    auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-    Shape shape;
-    shape.layers = pick(1, 4);
-    shape.ranks = pick(1, 40);
-    shape.slots_per_rank = 2;
-    shape.experts = pick(2, 2 * shape.ranks);
+    const Shape shape = testing::RandomPairShape(rng, 4, 40);
     const LoadMatrix load = testing::RandomLoad(rng, shape);
     const Placement current = testing::RandomPlacement(rng, shape);
     AlgorithmOptions options;

@@ -49,12 +49,7 @@ TEST(SwiftThreadsTest, PairReplanDoesNotDependOnTheThreadCount) {
   for (uint64_t seed = 1; seed <= 20; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937_64 rng(seed);
-    auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-    Shape shape;
-    shape.layers = pick(3, 9);
-    shape.ranks = pick(2, 32);
-    shape.slots_per_rank = 2;
-    shape.experts = pick(2, 2 * shape.ranks);
+    const Shape shape = testing::RandomPairShape(rng, 9, 32);
     const LoadMatrix load = testing::RandomLoad(rng, shape);
     const Placement current = testing::RandomPlacement(rng, shape);
     AlgorithmOptions options;

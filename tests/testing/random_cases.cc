@@ -27,6 +27,16 @@ Shape RandomShape(std::mt19937_64& rng, int max_layers) {
   return s;
 }
 
+Shape RandomPairShape(std::mt19937_64& rng, int max_layers, int max_ranks) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  Shape s;
+  s.layers = pick(1, max_layers);
+  s.ranks = pick(1, max_ranks);
+  s.slots_per_rank = 2;
+  s.experts = pick(2, 2 * s.ranks);
+  return s;
+}
+
 LoadMatrix RandomLoad(std::mt19937_64& rng, const Shape& shape) {
   LoadMatrix m(shape.layers, shape.experts);
   std::lognormal_distribution<double> logn(0.0, 1.0);
