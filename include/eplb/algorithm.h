@@ -20,7 +20,9 @@ namespace eplb {
 // Tuning knobs of the algorithms; each documents its default. Unused knobs are ignored by the
 // algorithms that have no use for them (deepseek has none).
 struct AlgorithmOptions {
-  // swift: a layer whose balancedness is at least this is left alone.
+  // swift: a layer whose balancedness is at least this is left alone; a fresh placement (no
+  // current one) is refined until each layer reaches it. Higher values cost time for little:
+  // from scratch at 64 ranks x 5 slots, 0.997 takes about 40% more instructions than 0.99.
   double skip_balancedness = 0.99;
   // swift, incremental: a layer is improved until its balancedness reaches this. Higher targets
   // move more experts: on the DeepSeek-V3 statistics at 64 ranks x 5 slots, after a workload

@@ -37,7 +37,9 @@
 //
 // Without a current placement, a fresh placement is built: replicas to the largest load per
 // replica, heaviest replica first onto the lightest rank with a free slot that lacks the expert,
-// then the most loaded rank is repeatedly relieved by the step that lowers it most.
+// then the most loaded rank is repeatedly relieved by the step that lowers it most, until the
+// layer reaches skip_balancedness: balanced enough that a re-plan would leave it alone (the last
+// steps towards perfect balance cost the most).
 //
 // Groups that divide over several nodes (and nodes whose experts fill a rank's slots) select the
 // hierarchical policy, as in the reference: a fresh placement packs the groups onto nodes
@@ -1217,7 +1219,8 @@ class Swift final : public Balancer {
         auto packed = wk.packer.Pack(w, Replicate(w, ranks * shape.slots_per_rank, ranks), ranks,
                                      shape.slots_per_rank);
         wk.search.Reset(w, packed, ranks, shape.slots_per_rank, /*track_changes=*/false);
-        wk.search.Improve(kScratchTarget, kScratchMinGain, 8 * ranks * shape.slots_per_rank);
+        wk.search.Improve(options_.skip_balancedness, kScratchMinGain,
+                          8 * ranks * shape.slots_per_rank);
         std::copy(wk.search.slots().begin(), wk.search.slots().end(), out);
       };
       ParallelFor<Worker>(shape.layers, options_.threads, [&](int l, Worker& wk) {
@@ -1344,8 +1347,6 @@ class Swift final : public Balancer {
   }
 
  private:
-  // From scratch, nothing moves yet, so the search runs close to perfect balance.
-  static constexpr double kScratchTarget = 0.997;
   static constexpr double kScratchMinGain = 1e-4;
   static constexpr double kRetryStep = 0.015;
   // LayerState keeps, per rank and expert, whether the rank holds it and the expert's holders:
