@@ -326,7 +326,7 @@ class PeakSearch : public LayerState {
 
  private:
   // How many of the lightest ranks a step may pair h with: more when ranks have few slots.
-  int Partners() const { return std::clamp(kPairBudget / (S_ * S_), 8, R_); }
+  int Partners() const { return std::min(R_, std::max(8, kPairBudget / (S_ * S_))); }
 
   // Largest load among the ranks holding e other than a and b (-1 if none).
   double MaxHolderExcept(int e, int a, int b = -1) const {
