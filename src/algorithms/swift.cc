@@ -979,10 +979,19 @@ class Packer {
           for (int r = 0; r < fresh; ++r) heap_[r] = MakeKey(fill_[r] < S_ ? load_[r] : kFull, r);
           // Two slots per rank: each rank takes one more replica and is full, so the heap would
           // hand the ranks out in the order of their keys (skipping those holding the expert).
-          // A sorted list does the same without the heap's upkeep.
+          // A sorted list does the same without the heap's upkeep, and needs no sort: every rank
+          // holds one replica then, placed heaviest first, so the loads do not increase with the
+          // rank, and the keys in ascending order are the ranks from the last, each run of equal
+          // loads from its first rank.
           pairs = S_ == 2 && fresh == ranks;
           if (pairs) {
-            std::sort(heap_.begin(), heap_.end());
+            for (int i = 0, end = ranks; end > 0;) {
+              int begin = end - 1;
+              while (begin > 0 && load_[begin - 1] == load_[end - 1]) --begin;
+              for (int r = begin; r < end; ++r) heap_[i++] = MakeKey(load_[r], r);
+              end = begin;
+            }
+            assert(std::is_sorted(heap_.begin(), heap_.end()));
           } else {
             std::make_heap(heap_.begin(), heap_.end(), std::greater<>());
           }
