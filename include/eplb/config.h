@@ -30,7 +30,8 @@ struct RuntimeConfig {
   int expert_heat_windows = 1;         // the balancer sees the summed load of this many latest
                                        // windows, 1 to kMaxHeatWindows (smooths noisy windows)
   int max_layers_in_flight = 4;        // layers whose weights move at once (> 0)
-  double imbalance_threshold = 0.99;   // layers at least this balanced are left alone (0, 1]
+  double imbalance_threshold = 0.99;   // layers at least this balanced are left alone (0, 1];
+                                       // a fresh placement is refined until this balanced
   int transfer_timeout_ms = 10000;     // a layer's transfers past this roll back (> 0)
   int balancer_threads = 1;            // threads the worker's balancer may use, 1 to 256
   AlgorithmOptions algorithm_options;  // derived (BalancerOptions): skip_balancedness =

@@ -242,7 +242,8 @@ Action AddPlan(CLI::App& app) {
           ->capture_default_str()
           ->check(CLI::Range(0.0, 1.0)),
       app.add_option("--skip-balancedness", a->options.skip_balancedness,
-                     "swift: leave layers at least this balanced alone")
+                     "swift: leave layers at least this balanced alone; from scratch, refine "
+                     "each layer until it is this balanced")
           ->capture_default_str()
           ->check(CLI::Range(0.0, 1.0)),
       app.add_option("--inter-node-cost", a->options.inter_node_cost,
