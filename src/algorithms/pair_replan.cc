@@ -29,13 +29,15 @@
 // The stale pairing and the sorted one are both perfect matchings of the pool's pieces, so most
 // pool ranks keep one of their experts: about one changed slot per pool rank.
 // If the counts cannot reach C, the attempt is repeated with C just above the lowest peak
-// phase 2 reached, then once more with 5% more room.
+// phase 2 reached, then with caps 1%, 2.5% and 5% above the last one (or above the lowest peak
+// reached, if higher); the first attempt that reaches its cap is kept.
 //
 // Every loop runs in a fixed order and every tie goes to the first candidate (lower expert or
 // rank), so the result is a deterministic function of its input.
 #include "algorithms/pair_replan.h"
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
 #include <limits>
@@ -49,6 +51,11 @@ constexpr int kCandidates = 65;    // releases BestRemoval compares
 constexpr int kMaxReplicas = 8;    // most replicas phase 1 adds to one expert at once
 constexpr double kOverWeight = 2;  // an over rank fixed is worth this many slots changed
 constexpr int kStall = 8;          // phase 2's moves without a lower peak before it gives up
+// Attempts at a cap the counts cannot reach: the second just above the lowest peak they reached,
+// then caps looser by these factors, each on the last (an attempt at a looser cap takes another
+// greedy path, which may stop higher).
+constexpr std::array<double, 3> kLooser = {1.01, 1.025, 1.05};
+constexpr int kAttempts = 2 + static_cast<int>(kLooser.size());
 
 // The largest sum of the i-th lightest and the i-th heaviest of `sorted` (ascending), and the
 // first i where it is reached.
@@ -78,7 +85,7 @@ bool PairReplan::Run(std::span<const double> w, std::span<const int> current, in
   if (!(total > 0) || !(target > 0)) return false;
   double cap = total / R_ / target;
   last_peak_ = 0;
-  for (int attempt = 1; attempt <= 3; ++attempt) {
+  for (int attempt = 1; attempt <= kAttempts; ++attempt) {
     if (Attempt(cap)) {
       double peak = 0;
       result.changes = 0;
@@ -92,8 +99,8 @@ bool PairReplan::Run(std::span<const double> w, std::span<const int> current, in
       out.assign(pair_.begin(), pair_.end());
       return true;
     }
-    cap =
-        attempt == 1 ? std::max(cap * 1.003, last_peak_ * 1.001) : std::max(cap, last_peak_) * 1.05;
+    cap = attempt == 1 ? std::max(cap * 1.003, last_peak_ * 1.001)
+                       : std::max(cap, last_peak_) * kLooser[attempt - 2];
   }
   return false;
 }

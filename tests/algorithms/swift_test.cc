@@ -207,9 +207,9 @@ TEST(SwiftTest, AnUnreachableTargetReturnsTheMostBalancedPlacementSeen) {
 
 TEST(SwiftTest, TwoSlotsPerRankRePairTheLayerToTheTarget) {
   // Without caps, two slots per rank select the pairing re-plan (pair_replan.cc). On this shift
-  // it reaches 0.9657 with 24.26% of the slots changed, where the excess search (above) stops at
+  // it reaches 0.9680 with 24.45% of the slots changed, where the excess search (above) stops at
   // 0.9427: most layers at the default target (0.97), the others as close as their replica
-  // counts allow (the lowest 0.920).
+  // counts allow.
   const GeneratorShift s = MakeGeneratorShift();
   auto pb = RunSwift(s.after, s.shape, &s.placed);
   ASSERT_TRUE(pb.ok());
@@ -223,6 +223,28 @@ TEST(SwiftTest, TwoSlotsPerRankRePairTheLayerToTheTarget) {
     EXPECT_GE(LayerBalancedness(s.after.row(l), pb->placement, l), 0.91) << "layer " << l;
   }
   EXPECT_LE(changed, 0.26);
+}
+
+TEST(SwiftTest, TwoSlotsPerRankAnUnreachableTargetStillReachesTheReachableBalance) {
+  // A target the replica counts cannot reach makes the pairing re-plan retry with looser caps;
+  // the caps must stay close enough that asking for more never ends much below what the default
+  // target reaches. Now 0.9755 / 0.9704 / 0.9673 at 0.98 / 0.99 / 1.0 against 0.9680; with a
+  // single retry 5% looser it fell to 0.9529 at 0.99 and 0.9448 at 1.0.
+  const GeneratorShift s = MakeGeneratorShift();
+  auto reachable = RunSwift(s.after, s.shape, &s.placed);
+  ASSERT_TRUE(reachable.ok());
+  const double base = MeanBalancedness(s.after, reachable->placement);
+  for (double target : {0.98, 0.99, 1.0}) {
+    SCOPED_TRACE("target " + std::to_string(target));
+    AlgorithmOptions options;
+    options.target_balancedness = target;
+    auto r = RunSwift(s.after, s.shape, &s.placed, options);
+    ASSERT_TRUE(r.ok());
+    const double got = MeanBalancedness(s.after, r->placement);
+    std::printf("256x2 generator shift, target %.2f: %.4f (target 0.97: %.4f)\n", target, got,
+                base);
+    EXPECT_GE(got, base - 0.003);
+  }
 }
 
 TEST(SwiftTest, PairReplanIsValidNeverWorseAndDeterministic) {
