@@ -43,20 +43,22 @@ Status ValidatePlacement(const Placement& p) {
     return Status::Invalid(fmt::format("placement has {} slots per layer for {} logical experts",
                                        p.slots(), p.experts()));
   }
-  // Stamps instead of clearing: seen[e] is the last (layer, rank) found holding e, present[e] the
-  // last layer; an error is searched for in detail only once one is found.
+  // Stamps instead of clearing: seen[e] is the last (layer, rank) found holding e, numbered
+  // l * R + r, so e is present in layer l exactly when seen[e] >= l * R; an error is searched for
+  // in detail only once one is found.
   const int E = p.experts(), R = p.ranks(), S = p.slots_per_rank();
   std::vector<int64_t> seen(E, -1);
-  std::vector<int> present(E, -1);
   const int* ids = p.phy2log().data();
   for (int l = 0; l < p.layers(); ++l) {
+    const int64_t layer_start = int64_t{l} * R;
     int distinct = 0;
     for (int r = 0; r < R; ++r) {
-      const int64_t stamp = int64_t{l} * R + r;
+      const int64_t stamp = layer_start + r;
       const int* row = ids + stamp * S;
       for (int s = 0; s < S; ++s) {
         const int e = row[s];
-        if (e < 0 || e >= E) {
+        // e < 0 or e >= E in one comparison: a negative id converts to a value above E.
+        if (static_cast<unsigned>(e) >= static_cast<unsigned>(E)) {
           return Status::Invalid(fmt::format(
               "layer {}, rank {}, slot {}: logical expert id {} is out of range [0, {})", l, r, s,
               e, E));
@@ -68,15 +70,15 @@ Status ValidatePlacement(const Placement& p) {
               "hold at most one replica of an expert",
               l, r, e, first, s));
         }
+        distinct += seen[e] < layer_start;
         seen[e] = stamp;
-        distinct += present[e] != l;
-        present[e] = l;
       }
     }
     if (distinct < E) {
-      const int e = static_cast<int>(
-          std::find_if(present.begin(), present.end(), [l](int x) { return x != l; }) -
-          present.begin());
+      const int e =
+          static_cast<int>(std::find_if(seen.begin(), seen.end(),
+                                        [layer_start](int64_t x) { return x < layer_start; }) -
+                           seen.begin());
       return Status::Invalid(
           fmt::format("layer {}: logical expert {} has no replica on any rank", l, e));
     }

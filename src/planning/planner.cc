@@ -18,32 +18,29 @@ namespace {
 struct Scratch {
   explicit Scratch(const Shape& shape)
       : in_old(shape.experts),
-        old_slot(shape.experts),
         in_target(shape.experts),
         holder_offsets(shape.experts + 1),
-        holder_cursor(shape.experts),
         holders(shape.slots()),
         holder_ranks(shape.slots()) {}
 
   std::vector<int> in_old;          // expert -> rank that holds it in the old layer (last stamped)
-  std::vector<int> old_slot;        // expert -> its local slot on rank in_old[expert]
   std::vector<int> in_target;       // expert -> rank that holds it in the target layer
   std::vector<int> holder_offsets;  // CSR over experts of the old layer's physical slots
-  std::vector<int> holder_cursor;
-  std::vector<int> holders;       // physical slots, ascending (hence in rank order) per expert
-  std::vector<int> holder_ranks;  // the rank of each entry of holders
+  std::vector<int> holders;         // physical slots, ascending (hence in rank order) per expert
+  std::vector<int> holder_ranks;    // the rank of each entry of holders
 };
 
 // Orders candidate sources by the rule of PlanTransfers, smallest first: a slot that keeps its
-// expert, then the destination's node, then fewest copies sent so far, then lowest rank. A rank
-// sends fewer than 2^61 copies (there are fewer slots than that), so the fields never overlap.
-std::pair<int64_t, int> SourceKey(bool stable, bool same_node, int64_t sends, int rank) {
-  return {(int64_t{!stable} << 62) | (int64_t{!same_node} << 61) | sends, rank};
+// expert, then the destination's node, then fewest copies sent so far. A rank sends fewer than
+// 2^61 copies (there are fewer slots than that), so the fields never overlap. The last rule,
+// lowest rank, is the caller's: it visits candidates in rank order and keeps the first smallest.
+int64_t SourceKey(bool stable, bool same_node, int64_t sends) {
+  return (int64_t{!stable} << 62) | (int64_t{!same_node} << 61) | sends;
 }
 
 // The final layer when experts that stay keep their slot: each rank's freed slots (old expert not
 // in the target rank), in ascending slot order, receive the arriving experts (target experts not
-// in the old rank) in the order they appear in the target rank.
+// in the old rank) in the order they appear in the target rank. final_layer starts as old_layer.
 void KeepSlotsLayer(std::span<const int> old_layer, std::span<const int> target_layer,
                     std::span<int> final_layer, int ranks, int slots_per_rank, Scratch& scratch) {
   std::fill(scratch.in_old.begin(), scratch.in_old.end(), -1);
@@ -53,7 +50,6 @@ void KeepSlotsLayer(std::span<const int> old_layer, std::span<const int> target_
     for (int s = 0; s < slots_per_rank; ++s) {
       scratch.in_old[old_layer[base + s]] = r;
       scratch.in_target[target_layer[base + s]] = r;
-      final_layer[base + s] = old_layer[base + s];
     }
     // Both ranks hold slots_per_rank distinct experts, so arrivals and freed slots match in number.
     int freed = 0;
@@ -67,17 +63,19 @@ void KeepSlotsLayer(std::span<const int> old_layer, std::span<const int> target_
   }
 }
 
-// Fills scratch.holders / holder_ranks / holder_offsets with the old layer's slots of each expert.
+// Fills scratch.holders / holder_ranks / holder_offsets with the old layer's slots of each expert:
+// a counting sort that fills each expert's list from its end, last slot first, so that the lists
+// come out ascending and holder_offsets[e] ends at the start of expert e's list.
 void BuildHolders(std::span<const int> old_layer, int experts, int slots_per_rank,
                   Scratch& scratch) {
   auto& offsets = scratch.holder_offsets;
   std::fill(offsets.begin(), offsets.end(), 0);
-  for (int e : old_layer) ++offsets[e + 1];
-  for (int e = 0; e < experts; ++e) offsets[e + 1] += offsets[e];
-  std::copy(offsets.begin(), offsets.end() - 1, scratch.holder_cursor.begin());
-  for (int p = 0, r = 0; r < static_cast<int>(old_layer.size()) / slots_per_rank; ++r) {
-    for (int s = 0; s < slots_per_rank; ++s, ++p) {
-      const int i = scratch.holder_cursor[old_layer[p]]++;
+  for (int e : old_layer) ++offsets[e];
+  for (int e = 1; e <= experts; ++e) offsets[e] += offsets[e - 1];  // the end of each list
+  const int ranks = static_cast<int>(old_layer.size()) / slots_per_rank;
+  for (int p = static_cast<int>(old_layer.size()) - 1, r = ranks - 1; r >= 0; --r) {
+    for (int s = slots_per_rank - 1; s >= 0; --s, --p) {
+      const int i = --offsets[old_layer[p]];
       scratch.holders[i] = p;
       scratch.holder_ranks[i] = r;
     }
@@ -110,8 +108,9 @@ StatusOr<TransferPlan> PlanTransfers(const Placement& old_placement, const Place
   Scratch scratch(shape);
 
   // Pass 1: the final placement, and the number of copies (slots whose id changes) to reserve.
+  // With keep_slots it starts as the old placement, and KeepSlotsLayer writes only the arrivals.
   TransferPlan plan;
-  plan.final_placement = target;
+  plan.final_placement = options.keep_slots ? old_placement : target;
   if (options.keep_slots) {
     for (int l = 0; l < layers; ++l) {
       KeepSlotsLayer(old_placement.layer(l), target.layer(l), plan.final_placement.layer(l), ranks,
@@ -135,35 +134,34 @@ StatusOr<TransferPlan> PlanTransfers(const Placement& old_placement, const Place
     const std::span<const int> old_layer = old_placement.layer(l);
     const std::span<const int> final_layer = plan.final_placement.layer(l);
     BuildHolders(old_layer, shape.experts, spr, scratch);
-    std::fill(scratch.in_old.begin(), scratch.in_old.end(), -1);
     for (int r = 0; r < ranks; ++r) {
       const int base = r * spr;
-      for (int s = 0; s < spr; ++s) {
-        scratch.in_old[old_layer[base + s]] = r;
-        scratch.old_slot[old_layer[base + s]] = s;
-      }
+      const int node = node_of[r];
       for (int s = 0; s < spr; ++s) {
         const int e = final_layer[base + s];
         if (e == old_layer[base + s]) continue;
+        // The holders of e, in rank order: the destination rank itself when it holds e (a local
+        // copy, only without keep_slots), else the smallest SourceKey, the lowest rank on a tie.
         int src = -1;  // physical slot
         int src_rank = r;
-        if (scratch.in_old[e] == r) {
-          src = base + scratch.old_slot[e];
-        } else {
-          std::pair<int64_t, int> best_key{INT64_MAX, 0};
-          for (int i = scratch.holder_offsets[e]; i < scratch.holder_offsets[e + 1]; ++i) {
-            const int p = scratch.holders[i];
-            const int q = scratch.holder_ranks[i];
-            const std::pair<int64_t, int> key =
-                SourceKey(final_layer[p] == old_layer[p], node_of[q] == node_of[r], sends[q], q);
-            if (key < best_key) {
-              best_key = key;
-              src = p;
-              src_rank = q;
-            }
+        int64_t best_key = INT64_MAX;
+        for (int i = scratch.holder_offsets[e]; i < scratch.holder_offsets[e + 1]; ++i) {
+          const int p = scratch.holders[i];
+          const int q = scratch.holder_ranks[i];
+          if (q == r) {
+            src = p;
+            src_rank = r;
+            break;
           }
-          assert(src >= 0 && "a valid placement holds every expert somewhere");
+          const int64_t key =
+              SourceKey(final_layer[p] == old_layer[p], node_of[q] == node, sends[q]);
+          if (key < best_key) {
+            best_key = key;
+            src = p;
+            src_rank = q;
+          }
         }
+        assert(src >= 0 && "a valid placement holds every expert somewhere");
         ExpertCopy& c = plan.copies.emplace_back();
         c.layer = l;
         c.expert = e;
@@ -179,7 +177,7 @@ StatusOr<TransferPlan> PlanTransfers(const Placement& old_placement, const Place
         } else {
           ++sends[c.src_rank];
           ++plan.slots_changed;
-          inter_node_copies += node_of[c.src_rank] != node_of[r];
+          inter_node_copies += node_of[c.src_rank] != node;
         }
       }
     }
