@@ -135,6 +135,7 @@ void PairReplan::Start() {
   }
   release_valid_.assign(E_, 0);
   releases_.resize(E_);
+  release_top_.resize(E_);
   growth_valid_.assign(E_, 0);
   growth_.resize(E_);
   stamp_.assign(E_, 0);
@@ -207,7 +208,11 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
   for (const auto& [pu, u] : release_) {  // pu: u's piece with one replica fewer
     if (++seen > kCandidates || !(pu < pv)) break;
     if (u == v) continue;
-    for (const Release& c : release_valid_[u] ? releases_[u] : ReleasesOf(u, pu)) {
+    const std::vector<Release>& list = release_valid_[u] ? releases_[u] : ReleasesOf(u, pu);
+    // A release of u scores at most its list's best plus v's part (1), and only a higher score
+    // than the best found replaces it.
+    if (release_top_[u] + 1 <= best_score) continue;
+    for (const Release& c : list) {
       if (c.partner == v) continue;
       const int score = c.score + !(pv_more + c.partner_piece > cap_);
       if (score > best_score) {
@@ -229,12 +234,15 @@ const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu)
   int harm = 0;
   for (int r : Holders(u)) harm += !over_[r] && pu + piece_[Other(r, u)] > cap_;
   list.clear();
+  int top = INT_MIN;
   for (int r : Holders(u)) {
     const int x = Other(r, u);
     // A rank not over that loses u was counted in harm (if u's piece broke it) and is not fixed
     // by v: it scores -1 more unless v fits; an over rank scores 1 if v fits.
     list.push_back({r, x, -harm + (!over_[r] && pu + piece_[x] > cap_) - !over_[r], piece_[x]});
+    top = std::max(top, list.back().score);
   }
+  release_top_[u] = top;
   release_valid_[u] = 1;
   return list;
 }
