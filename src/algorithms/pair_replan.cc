@@ -356,12 +356,20 @@ bool PairReplan::SettleCounts() {
 bool PairReplan::Pool() {
   pool_.clear();
   pool_pieces_.clear();
+  // The pairs of the pool's sorted pairing before `from` are known to sum to at most C.
+  size_t from = 0;
   auto add = [&](int r) {
     pool_.push_back(r);
-    for (int e : {pair_[2 * r], pair_[2 * r + 1]}) {
-      const double p = piece_[e];
-      pool_pieces_.insert(std::upper_bound(pool_pieces_.begin(), pool_pieces_.end(), p), p);
-    }
+    const double a = piece_[pair_[2 * r]], b = piece_[pair_[2 * r + 1]];
+    const double lo = std::min(a, b), hi = std::max(a, b);
+    const auto begin = pool_pieces_.begin(), end = pool_pieces_.end();
+    const auto hi_at = std::upper_bound(begin, end, hi);
+    const auto lo_place = std::upper_bound(begin, hi_at, lo) - begin;
+    // The pieces above hi keep their places counted from the top, and each place counted from
+    // the bottom can only get a lighter piece: a pair among those places does not grow.
+    from = std::min(from, static_cast<size_t>(end - hi_at));
+    pool_pieces_.insert(hi_at, hi);  // hi first: lo's place, no later, stays valid
+    pool_pieces_.insert(pool_pieces_.begin() + lo_place, lo);
   };
   for (auto& list : donors_) list.clear();
   for (int r = 0; r < R_; ++r) {
@@ -382,9 +390,10 @@ bool PairReplan::Pool() {
     // The heaviest piece of an over pair in the pool's sorted pairing, and the room it needs.
     const size_t n = pool_pieces_.size();
     double need = -1;
-    for (size_t i = 0; i < n / 2; ++i) {
+    for (size_t i = from; i < n / 2; ++i) {
       if (pool_pieces_[n - 1 - i] + pool_pieces_[i] > cap_) {
         need = cap_ - pool_pieces_[n - 1 - i];
+        from = i;  // the pairs before it are at most C
         break;
       }
     }
