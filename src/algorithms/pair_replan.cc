@@ -73,6 +73,12 @@ std::pair<double, size_t> SortedPeak(std::span<const PairReplan::Entry> sorted) 
   return {peak, at};
 }
 
+// The order of the pool's pieces: ascending, ties: higher expert first, so read from the end it
+// is Pair()'s order (heaviest first, ties: lower expert).
+bool PoolOrder(const PairReplan::Entry& x, const PairReplan::Entry& y) {
+  return x.value < y.value || (x.value == y.value && x.expert > y.expert);
+}
+
 }  // namespace
 
 bool PairReplan::Run(std::span<const double> w, std::span<const int> current, int ranks,
@@ -360,16 +366,22 @@ bool PairReplan::Pool() {
   size_t from = 0;
   auto add = [&](int r) {
     pool_.push_back(r);
-    const double a = piece_[pair_[2 * r]], b = piece_[pair_[2 * r + 1]];
-    const double lo = std::min(a, b), hi = std::max(a, b);
-    const auto begin = pool_pieces_.begin(), end = pool_pieces_.end();
-    const auto hi_at = std::upper_bound(begin, end, hi);
-    const auto lo_place = std::upper_bound(begin, hi_at, lo) - begin;
+    const int x = pair_[2 * r], y = pair_[2 * r + 1];
+    const auto [lo, hi] = std::minmax({Entry{piece_[x], x}, Entry{piece_[y], y}}, PoolOrder);
+    const size_t n = pool_pieces_.size();
+    const auto begin = pool_pieces_.begin();
+    const size_t hi_at = std::upper_bound(begin, begin + n, hi, PoolOrder) - begin;
+    const size_t lo_at = std::upper_bound(begin, begin + hi_at, lo, PoolOrder) - begin;
     // The pieces above hi keep their places counted from the top, and each place counted from
     // the bottom can only get a lighter piece: a pair among those places does not grow.
-    from = std::min(from, static_cast<size_t>(end - hi_at));
-    pool_pieces_.insert(hi_at, hi);  // hi first: lo's place, no later, stays valid
-    pool_pieces_.insert(pool_pieces_.begin() + lo_place, lo);
+    from = std::min(from, n - hi_at);
+    // The pieces above hi move up two places, those between lo and hi one (one pass).
+    pool_pieces_.resize(n + 2);
+    Entry* p = pool_pieces_.data();
+    std::copy_backward(p + hi_at, p + n, p + n + 2);
+    std::copy_backward(p + lo_at, p + hi_at, p + hi_at + 1);
+    p[lo_at] = lo;
+    p[hi_at + 1] = hi;
   };
   for (auto& list : donors_) list.clear();
   for (int r = 0; r < R_; ++r) {
@@ -391,8 +403,8 @@ bool PairReplan::Pool() {
     const size_t n = pool_pieces_.size();
     double need = -1;
     for (size_t i = from; i < n / 2; ++i) {
-      if (pool_pieces_[n - 1 - i] + pool_pieces_[i] > cap_) {
-        need = cap_ - pool_pieces_[n - 1 - i];
+      if (pool_pieces_[n - 1 - i].value + pool_pieces_[i].value > cap_) {
+        need = cap_ - pool_pieces_[n - 1 - i].value;
         from = i;  // the pairs before it are at most C
         break;
       }
@@ -430,18 +442,13 @@ int PairReplan::TakeDonor(double need) {
 }
 
 bool PairReplan::Pair() {
-  // The pool's experts, heaviest piece first (ties: lower expert), in sorted pairing.
-  items_.clear();
-  for (int r : pool_) {
-    items_.push_back(pair_[2 * r]);
-    items_.push_back(pair_[2 * r + 1]);
-  }
-  std::sort(items_.begin(), items_.end(), [&](int a, int b) {
-    return piece_[a] > piece_[b] || (piece_[a] == piece_[b] && a < b);
-  });
-  const size_t n = items_.size(), k = n / 2;
+  // The pool's experts, heaviest piece first (ties: lower expert: Pool's order read from the
+  // end), in sorted pairing.
+  const size_t n = pool_pieces_.size(), k = n / 2;
   pairs_.resize(k);
-  for (size_t i = 0; i < k; ++i) pairs_[i] = {items_[i], items_[n - 1 - i]};
+  for (size_t i = 0; i < k; ++i) {
+    pairs_[i] = {pool_pieces_[n - 1 - i].expert, pool_pieces_[i].expert};
+  }
   for (size_t i = 0; i < k; ++i) {
     const int x = pairs_[i].first;
     if (pairs_[i].second != x) continue;

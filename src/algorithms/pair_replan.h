@@ -89,13 +89,12 @@ class PairReplan {
   std::vector<std::pair<int, int>> log_;
   // Pool() and Pair(): the ranks re-paired, their experts, the new pairs and their assignment.
   std::vector<int> pool_;
-  std::vector<double> pool_pieces_;
+  std::vector<Entry> pool_pieces_;  // the pool's (piece, expert) in PoolOrder
   struct Donor {
     double lo, hi;  // its lighter and heavier piece
     int r;
   };
   std::array<std::vector<Donor>, 2> donors_;  // ranks outside the pool: changed, then the others
-  std::vector<int> items_;
   std::vector<std::pair<int, int>> pairs_;
   std::vector<std::pair<std::pair<int, int>, int>> keyed_;
   std::vector<int> pair_rank_, rank_pair_, offsets_, by_expert_, fill_, seen_;
