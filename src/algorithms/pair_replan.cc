@@ -549,16 +549,20 @@ bool PairReplan::Pair() {
 // Kuhn's augmenting path from pair `root` over the ranks sharing one of its experts, depth first
 // with an explicit stack (a pool can hold every rank, too many for the call stack).
 bool PairReplan::Augment(int root) {
-  auto first_of = [&](int i) { return offsets_[pairs_[i].first]; };
+  auto first_of = [&](int i) {  // pair i's step, at the ranks of its first expert
+    const int e = pairs_[i].first;
+    return Step{i, 0, offsets_[e], offsets_[e + 1], -1};
+  };
   path_.clear();
-  path_.push_back({root, 0, first_of(root), -1});
+  path_.push_back(first_of(root));
   while (!path_.empty()) {
     Step& f = path_.back();
-    const int e = f.second ? pairs_[f.pair].second : pairs_[f.pair].first;
-    if (f.next == offsets_[e + 1]) {
+    if (f.next == f.end) {
       if (!f.second) {
+        const int e = pairs_[f.pair].second;
         f.second = 1;
-        f.next = offsets_[pairs_[f.pair].second];
+        f.next = offsets_[e];
+        f.end = offsets_[e + 1];
       } else {
         path_.pop_back();
       }
@@ -570,7 +574,7 @@ bool PairReplan::Augment(int root) {
     f.rank = r;
     if (rank_pair_[r] >= 0) {
       const int owner = rank_pair_[r];
-      path_.push_back({owner, 0, first_of(owner), -1});
+      path_.push_back(first_of(owner));
       continue;
     }
     for (const Step& s : path_) {  // each pair on the path takes the rank it reached

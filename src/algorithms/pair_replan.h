@@ -101,7 +101,8 @@ class PairReplan {
   struct Step {  // a pair on Augment's path
     int pair;
     int second;  // whether it is trying the ranks of its second expert
-    int next;    // the next entry of by_expert_ to try
+    int next;    // the next entry of by_expert_ to try ...
+    int end;     // ... up to the end of the expert's entries
     int rank;    // the rank it tries now
   };
   std::vector<Step> path_;
