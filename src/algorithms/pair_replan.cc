@@ -146,7 +146,6 @@ void PairReplan::Start() {
   growth_.resize(E_);
   stamp_.assign(E_, 0);
   stamp_no_ = 0;
-  tabu_.assign(E_, 0);
 }
 
 // Rank r's replica of u becomes a replica of v (r holds u, not v; u has a replica to spare).
@@ -260,7 +259,7 @@ void PairReplan::CountMoves() {
     int best_v = -1;
     for (int r : overs_) {
       for (int v : {pair_[2 * r], pair_[2 * r + 1]}) {
-        if (stamp_[v] == stamp_no_ || tabu_[v]) continue;
+        if (stamp_[v] >= stamp_no_) continue;  // seen this round, or never to be tried again
         stamp_[v] = stamp_no_;
         const Growth& g = growth_valid_[v] ? growth_[v] : GrowthOf(v);
         if (g.k == 0) continue;
@@ -285,7 +284,7 @@ void PairReplan::CountMoves() {
                                 static_cast<double>(log_.size()) <=
                             0) {
       for (auto it = log_.rbegin(); it != log_.rend(); ++it) Move(best_v, it->second, it->first);
-      tabu_[best_v] = 1;
+      stamp_[best_v] = INT_MAX;
     }
   }
 }

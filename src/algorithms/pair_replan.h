@@ -82,9 +82,9 @@ class PairReplan {
   std::vector<uint8_t> growth_valid_;           // ... and whether it is up to date
   std::vector<Entry> pieces_;                   // every replica's (piece, expert), ascending
   std::vector<Entry> experts_;                  // SettleCounts' scratch
-  std::vector<int> stamp_;                      // per expert: CountMoves' marks
+  // Per expert, the last round of CountMoves that looked at it (INT_MAX: not tried again).
+  std::vector<int> stamp_;
   int stamp_no_ = 0;
-  std::vector<int> tabu_;  // per expert, marked in CountMoves
   std::vector<int> needs_;
   std::vector<std::pair<int, int>> log_;
   // Pool() and Pair(): the ranks re-paired, their experts, the new pairs and their assignment.
