@@ -235,19 +235,22 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
 const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu) {
   std::vector<Release>& list = releases_[u];
   if (release_valid_[u]) return list;
-  // harm: ranks holding u, not over, that u's larger piece would put over C.
+  // harm: ranks holding u, not over, that u's larger piece would put over C. Every release of u
+  // scores -harm, taken off once the one pass over u's ranks has counted it.
   int harm = 0;
-  for (int r : Holders(u)) harm += !over_[r] && pu + piece_[Other(r, u)] > cap_;
   list.clear();
   int top = INT_MIN;
   for (int r : Holders(u)) {
     const int x = Other(r, u);
+    const bool broken = !over_[r] && pu + piece_[x] > cap_;
+    harm += broken;
     // A rank not over that loses u was counted in harm (if u's piece broke it) and is not fixed
     // by v: it scores -1 more unless v fits; an over rank scores 1 if v fits.
-    list.push_back({r, x, -harm + (!over_[r] && pu + piece_[x] > cap_) - !over_[r], piece_[x]});
+    list.push_back({r, x, broken - !over_[r], piece_[x]});
     top = std::max(top, list.back().score);
   }
-  release_top_[u] = top;
+  for (Release& c : list) c.score -= harm;
+  release_top_[u] = top - harm;
   release_valid_[u] = 1;
   return list;
 }
