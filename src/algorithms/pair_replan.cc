@@ -260,16 +260,17 @@ void PairReplan::CountMoves() {
     // The best growth of an expert on an over rank (ties: lower expert).
     ++stamp_no_;
     int best_v = -1;
+    const Growth* b = nullptr;  // best_v's growth
     for (int r : overs_) {
       for (int v : {pair_[2 * r], pair_[2 * r + 1]}) {
         if (stamp_[v] >= stamp_no_) continue;  // seen this round, or never to be tried again
         stamp_[v] = stamp_no_;
         const Growth& g = growth_valid_[v] ? growth_[v] : GrowthOf(v);
         if (g.k == 0) continue;
-        const Growth& b = growth_[best_v < 0 ? v : best_v];
-        if (best_v < 0 || g.ratio > b.ratio ||
-            (g.ratio == b.ratio && (g.gain > b.gain || (g.gain == b.gain && v < best_v)))) {
+        if (b == nullptr || g.ratio > b->ratio ||
+            (g.ratio == b->ratio && (g.gain > b->gain || (g.gain == b->gain && v < best_v)))) {
           best_v = v;
+          b = &g;
         }
       }
     }
