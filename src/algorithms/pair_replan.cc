@@ -60,17 +60,18 @@ constexpr int kAttempts = 2 + static_cast<int>(kLooser.size());
 // The largest sum of the i-th lightest and the i-th heaviest of `sorted` (ascending), and the
 // first i where it is reached.
 std::pair<double, size_t> SortedPeak(std::span<const PairReplan::Entry> sorted) {
-  const size_t n = sorted.size();
   double peak = -std::numeric_limits<double>::infinity();
-  size_t at = 0;
-  for (size_t i = 0; i < n / 2; ++i) {
-    const double s = sorted[i].value + sorted[n - 1 - i].value;
+  if (sorted.empty()) return {peak, 0};
+  auto at = sorted.begin();
+  // lo and hi walk in from both ends; an odd middle entry pairs with nothing.
+  for (auto lo = sorted.begin(), hi = sorted.end() - 1; lo < hi; ++lo, --hi) {
+    const double s = lo->value + hi->value;
     if (s > peak) {
       peak = s;
-      at = i;
+      at = lo;
     }
   }
-  return {peak, at};
+  return {peak, static_cast<size_t>(at - sorted.begin())};
 }
 
 // The order of the pool's pieces: ascending, ties: higher expert first, so read from the end it
