@@ -166,12 +166,14 @@ class LayerState {
       arrived_.assign(R_, 0);
     }
     changes_ = 0;
-    load_.assign(R_, 0.0);
+    load_.resize(R_);
     total_ = 0;
-    order_.clear();  // RankLoad keeps order_ sorted once it holds every rank
-    for (int r = 0; r < R_; ++r) RankLoad(r);
     keys_.resize(R_);
-    for (int r = 0; r < R_; ++r) keys_[r] = MakeKey(load_[r], r);
+    for (int r = 0; r < R_; ++r) {
+      load_[r] = RankSum(r);
+      total_ += load_[r];
+      keys_[r] = MakeKey(load_[r], r);
+    }
     std::sort(keys_.begin(), keys_.end());  // the order of Lighter()
     order_.resize(R_);
     for (int i = 0; i < R_; ++i) order_[i] = KeyId(keys_[i]);
@@ -274,16 +276,17 @@ class LayerState {
     more_[e] = w_[e] / (count_[e] + 1);
     less_[e] = count_[e] > 1 ? w_[e] / (count_[e] - 1) : 0.0;
   }
+  // The sum of rank r's pieces.
+  double RankSum(int r) const {
+    double sum = 0;
+    for (int t = 0; t < S_; ++t) sum += Piece(slot_[r * S_ + t]);
+    return sum;
+  }
   // Recomputes rank r's load and moves r to its place in order_ (the other ranks stay sorted, so
   // one insertion step restores the order).
   void RankLoad(int r) {
-    double sum = 0;
-    for (int t = 0; t < S_; ++t) sum += Piece(slot_[r * S_ + t]);
+    const double sum = RankSum(r);
     total_ += sum - load_[r];
-    if (order_.empty()) {
-      load_[r] = sum;
-      return;
-    }
     auto lighter = [&](int a, int b) { return Lighter(a, b); };
     const auto at = std::lower_bound(order_.begin(), order_.end(), r, lighter);  // old load
     load_[r] = sum;
