@@ -598,24 +598,30 @@ class ExcessSearch : public LayerState {
     donor_heap_.clear();
     donor_ranks_ = 0;
     donor_limit_ = std::numeric_limits<double>::infinity();
-    // Experts that would gain from one more replica, best first: only an expert held by an
-    // overloaded rank can.
-    hot_keys_.clear();
+    // Experts that would gain from one more replica, best first (ties: lower id): only an expert
+    // held by an overloaded rank can. A round tries the best kHot; the others mostly fall below
+    // its threshold (kRoundFraction of its best step) and are tried again in later rounds if they
+    // still gain. hot_ is kept sorted as it fills, and an expert that does not beat the last of a
+    // full list is passed over at once, as most are (the last only gets better, so an expert
+    // passed over or pushed out never gets back in, and hot_seen_ only needs to keep an expert
+    // on several overloaded ranks from going in twice).
+    hot_.clear();
     ++hot_stamp_;
+    auto above = [&](int a, int b) {
+      return gain_add_[a] > gain_add_[b] || (gain_add_[a] == gain_add_[b] && a < b);
+    };
     for (int r : overloaded_) {
       for (int t = 0; t < S_; ++t) {
         const int e = slot_[r * S_ + t];
-        if (hot_seen_[e] == hot_stamp_ || !(gain_add_[e] > 0)) continue;
+        if (!(gain_add_[e] > 0) || (hot_.size() == kHot && !above(e, hot_.back())) ||
+            hot_seen_[e] == hot_stamp_) {
+          continue;
+        }
         hot_seen_[e] = hot_stamp_;
-        hot_keys_.push_back(MakeKey(-gain_add_[e], e));  // most gain first
+        if (hot_.size() == kHot) hot_.pop_back();
+        hot_.insert(std::upper_bound(hot_.begin(), hot_.end(), e, above), e);
       }
     }
-    // A round tries the best kHot; the others mostly fall below its threshold (kRoundFraction of
-    // its best step) and are tried again in later rounds if they still gain.
-    const size_t top = std::min(hot_keys_.size(), static_cast<size_t>(kHot));
-    std::partial_sort(hot_keys_.begin(), hot_keys_.begin() + top, hot_keys_.end());
-    hot_.resize(top);
-    for (size_t i = 0; i < top; ++i) hot_[i] = KeyId(hot_keys_[i]);
   }
 
   // Makes donors_[i] available and returns whether there is one. Donor slots (their expert has
@@ -843,7 +849,7 @@ class ExcessSearch : public LayerState {
   // Sources and hot experts searched per round. With 8 and 16 the movement report's figures are
   // within noise of these, and the after-shift re-plan is 14% (64 x 5) and 10% (256 x 2) slower.
   static constexpr size_t kSources = 4;
-  static constexpr int kHot = 8;
+  static constexpr size_t kHot = 8;
 
   double cap_ = 0;
   std::vector<int> overloaded_;
@@ -861,7 +867,6 @@ class ExcessSearch : public LayerState {
   int donor_ranks_ = 0;          // how many ranks of order_ Donor() has listed
   double donor_limit_ = 0;       // donors that cost this much or more are left out
   std::vector<int> hot_;         // the kHot experts with most gain_add_ > 0
-  std::vector<Key> hot_keys_;    // Prepare's sort of hot_
   std::vector<int> hot_seen_;    // per expert: hot_stamp_ when last collected
   int hot_stamp_ = 0;
   std::vector<Step> steps_;
