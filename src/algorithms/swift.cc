@@ -454,6 +454,8 @@ class ExcessSearch : public LayerState {
     donor_cost_.assign(static_cast<size_t>(R_) * S_, kNotDonor);
     free_on_.assign(R_, 0);
     free_total_ = 0;
+    paid_.clear();
+    paid_at_.assign(static_cast<size_t>(R_) * S_, -1);
     terms_.resize(R_);
     for (int e = 0; e < E_; ++e) Refresh(e);
     for (int round = 1; round <= max_rounds; ++round) {
@@ -519,11 +521,23 @@ class ExcessSearch : public LayerState {
     for (size_t k = 0; k < holders.size(); ++k) {
       const int* slots = &slot_[holders[k] * S_];
       const int t = static_cast<int>(std::find(slots, slots + S_, e) - slots);
-      double& cost = donor_cost_[holders[k] * S_ + t];
+      const int slot = holders[k] * S_ + t;
+      double& cost = donor_cost_[slot];
       const double now = spare ? loss - terms_[k] : kNotDonor;
       const int delta = (now <= 0) - (cost <= 0);
       free_on_[holders[k]] += delta;
       free_total_ += delta;
+      if ((cost > 0 && cost < kNotDonor) != (now > 0 && now < kNotDonor)) {
+        if (paid_at_[slot] < 0) {
+          paid_at_[slot] = static_cast<int>(paid_.size());
+          paid_.push_back(slot);
+        } else {  // the last slot of the list takes its place
+          paid_at_[paid_.back()] = paid_at_[slot];
+          paid_[paid_at_[slot]] = paid_.back();
+          paid_.pop_back();
+          paid_at_[slot] = -1;
+        }
+      }
       cost = now;
     }
   }
@@ -641,9 +655,11 @@ class ExcessSearch : public LayerState {
           donor_ranks_ = R_;
         }
         if (donor_ranks_ == R_) {  // ... then the others, by cost
-          for (int slot = 0; slot < R_ * S_; ++slot) {
-            const double cost = donor_cost_[slot];  // kNotDonor fails the test
-            if (cost > 0 && cost < donor_limit_) donor_heap_.push_back(MakeKey(cost, slot));
+          // Refresh keeps them listed in paid_, so the rest of the slots are not read. Their
+          // order there does not matter: the heap pops (cost, slot) pairs in their own order.
+          for (int slot : paid_) {
+            const double cost = donor_cost_[slot];
+            if (cost < donor_limit_) donor_heap_.push_back(MakeKey(cost, slot));
           }
           std::make_heap(donor_heap_.begin(), donor_heap_.end(), std::greater<>());
         }
@@ -861,6 +877,8 @@ class ExcessSearch : public LayerState {
   std::vector<double> donor_cost_;
   std::vector<int> free_on_;     // per rank, its donor slots that cost nothing
   int free_total_ = 0;           // ... and on all ranks
+  std::vector<int> paid_;        // the donor slots that cost something, in no particular order
+  std::vector<int> paid_at_;     // per slot, its index in paid_ (-1: not listed)
   std::vector<double> terms_;    // Refresh's RemoveTerm per holder
   std::vector<Key> donors_;      // (cost, slot), cheapest first
   std::vector<Key> donor_heap_;  // the donors not yet sorted into donors_
