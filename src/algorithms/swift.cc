@@ -578,20 +578,36 @@ class ExcessSearch : public LayerState {
   void ApplyStep(const Step& c) {
     ++applies_;
     changed_.clear();
+    was_.clear();
     auto stamp = [&](int r) {
       if (touched_[r] == applies_) return;
       touched_[r] = applies_;
       changed_.push_back(r);
+      was_.push_back(load_[r]);
     };
-    ForAffected(c, stamp);  // the holders before ...
+    // The ranks c changes, listed before it is applied: after it, ForAffected lists no others
+    // (the expert that gains a replica was already held by its other holders).
+    ForAffected(c, stamp);
+    auto refresh = [&](int e) {
+      if (refreshed_[e] == applies_) return;  // held by an earlier rank of changed_
+      refreshed_[e] = applies_;
+      Refresh(e);
+    };
+    const int gone = slot_[c.slot_a];
     Apply(c);
-    ForAffected(c, stamp);  // ... and after
-    for (int r : changed_) {
+    // The experts of c's slots changed holders (and maybe counts): always refreshed.
+    refresh(gone);
+    refresh(c.expert_a);
+    // Any other expert of a changed rank r kept its count and holders. r's terms in its gain and
+    // loss are exactly 0, before and after, when r stays at or below the cap even with the share
+    // a lost replica elsewhere would add (as RemoveTerm computes it; none without a spare):
+    // then only another changed holder can change them, and is tested in its turn.
+    for (size_t k = 0; k < changed_.size(); ++k) {
+      const int r = changed_[k];
+      const double high = std::max(was_[k], load_[r]);
       for (int t = 0; t < S_; ++t) {
         const int e = slot_[r * S_ + t];
-        if (refreshed_[e] == applies_) continue;  // held by an earlier rank of changed_
-        refreshed_[e] = applies_;
-        Refresh(e);
+        if (high > cap_ || (count_[e] >= 2 && high + (PieceLess(e) - Piece(e)) > cap_)) refresh(e);
       }
     }
   }
@@ -895,6 +911,7 @@ class ExcessSearch : public LayerState {
   double best_peak_ = 0;         // the largest rank load of best_slots_
   int best_changes_ = 0;
   std::vector<int> changed_;    // ApplyStep's ranks
+  std::vector<double> was_;     // ... and their loads before the step
   std::vector<int> refreshed_;  // per expert, the applies_ at which ApplyStep last refreshed it
   std::vector<int> back_;       // back_stamp_ on the ranks holding a source's original experts
   int back_stamp_ = 0;
