@@ -770,12 +770,15 @@ class ExcessSearch : public LayerState {
       const int hs = h * S_ + s;
       const int x = slot_[hs];
       const double px = Piece(x);
+      // What the partners below share, worked out once per slot of h.
+      const double head = std::min(lh - cap_, px);
+      const bool x_was_on_h = !Changed(h, x);
       // Swap x with a lighter expert y of one of the partners j. It removes at most
-      // min(excess of h, room under the cap on j, px); each list comes lightest first.
+      // min(excess of h, px, room under the cap on j); each list comes lightest first.
       for (int pi = 0; pi < n + partners; ++pi) {
         const int j = pi < n ? locals_[pi] : order_[pi - n];
         const double lj = load_[j];
-        const double bound = std::min(std::min(lh - cap_, cap_ - lj), px);
+        const double bound = std::min(head, cap_ - lj);
         if (bound <= best.value) {
           if (pi < n) {
             pi = n - 1;  // on to the lightest ranks
@@ -794,7 +797,7 @@ class ExcessSearch : public LayerState {
             const double least = Weight(j, x) - Weight(h, x) + (back_[j] != back_stamp_ ? 1 : 0);
             if (least > 1 && bound <= best.value * least) continue;
           }
-        } else if (bound * 0.5 <= best.value && !Changed(h, x) && Changed(j, x) && !Arrived(j) &&
+        } else if (bound * 0.5 <= best.value && x_was_on_h && Changed(j, x) && !Arrived(j) &&
                    back_[j] != back_stamp_) {
           continue;
         }
