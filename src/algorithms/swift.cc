@@ -66,6 +66,7 @@
 #include <numeric>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "algorithms/pair_replan.h"
 
@@ -438,6 +439,8 @@ class ExcessSearch : public LayerState {
     best_peak_ = Peak();
     best_changes_ = 0;
     best_slots_ = slot_;
+    moves_.clear();
+    best_moves_ = 0;
     if (total_ <= 0) return;
     cap_ = mean_ / target;
     touched_.assign(R_, 0);
@@ -458,6 +461,20 @@ class ExcessSearch : public LayerState {
     paid_at_.assign(static_cast<size_t>(R_) * S_, -1);
     terms_.resize(R_);
     for (int e = 0; e < E_; ++e) Refresh(e);
+    Descend(budget, min_gain, max_rounds);
+    // best_slots_ still holds the placement the search started from: the slot writes up to the
+    // best placement turn it into that one.
+    for (size_t i = 0; i < best_moves_; ++i) best_slots_[moves_[i].first] = moves_[i].second;
+  }
+  // The most balanced placement Improve passed through (ties: fewer changes), its balancedness and
+  // the slots it changes.
+  const std::vector<int>& best_slots() const { return best_slots_; }
+  double best_balancedness() const { return best_peak_ > 0 ? mean_ / best_peak_ : 1.0; }
+  int best_changes() const { return best_changes_; }
+
+ private:
+  // Improve's rounds.
+  void Descend(int budget, double min_gain, int max_rounds) {
     for (int round = 1; round <= max_rounds; ++round) {
       Prepare();
       if (overloaded_.empty()) return;
@@ -483,27 +500,23 @@ class ExcessSearch : public LayerState {
           continue;
         }
         ApplyStep(c);
+        moves_.emplace_back(c.slot_a, c.expert_a);
+        if (c.slot_b >= 0) moves_.emplace_back(c.slot_b, c.expert_b);
         KeepIfBest();
         applied = true;
       }
       if (!applied) return;
     }
   }
-  // The most balanced placement Improve passed through (ties: fewer changes), its balancedness and
-  // the slots it changes.
-  const std::vector<int>& best_slots() const { return best_slots_; }
-  double best_balancedness() const { return best_peak_ > 0 ? mean_ / best_peak_ : 1.0; }
-  int best_changes() const { return best_changes_; }
-
- private:
   double Exc(double l) const { return std::max(l - cap_, 0.0); }  // branch-free
   // Compares peaks, not balancedness: the mean is the same in every state of the layer, but its
-  // running sum is not exact, and equal peaks must tie.
+  // running sum is not exact, and equal peaks must tie. The placement itself is rebuilt at the
+  // end from the slot writes up to it (most steps that improve are followed by more that do).
   void KeepIfBest() {
     if (Peak() < best_peak_ || (Peak() == best_peak_ && changes() < best_changes_)) {
       best_peak_ = Peak();
       best_changes_ = changes();
-      best_slots_ = slot_;
+      best_moves_ = moves_.size();
     }
   }
   // Refreshes e's gain, loss and the donor costs of its slots; these depend only on the loads of
@@ -910,6 +923,8 @@ class ExcessSearch : public LayerState {
   std::vector<int> touched_;     // per rank, the applies_ at which its load last changed
   int applies_ = 0;              // steps applied so far
   std::vector<int> best_slots_;  // see best_slots()
+  std::vector<std::pair<int, int>> moves_;  // (slot, expert) written by the steps applied, in order
+  size_t best_moves_ = 0;                   // how many of them lead to best_slots_
   double mean_ = 0;              // the layer's mean rank load when Improve started
   double best_peak_ = 0;         // the largest rank load of best_slots_
   int best_changes_ = 0;
