@@ -387,20 +387,21 @@ bool PairReplan::Pool() {
     p[lo_at] = lo;
     p[hi_at + 1] = hi;
   };
-  for (auto& list : donors_) list.clear();
+  for (Donors& d : donors_) d.list.clear();
   for (int r = 0; r < R_; ++r) {
     if (Over(r)) {
       add(r);
       continue;
     }
     const int a = pair_[2 * r], b = pair_[2 * r + 1];
-    donors_[Arrived(r, a) || Arrived(r, b) ? 0 : 1].push_back(
+    donors_[Arrived(r, a) || Arrived(r, b) ? 0 : 1].list.push_back(
         {std::min(piece_[a], piece_[b]), std::max(piece_[a], piece_[b]), r});
   }
-  for (auto& list : donors_) {
-    std::sort(list.begin(), list.end(), [](const Donor& x, const Donor& y) {
+  for (Donors& d : donors_) {
+    std::sort(d.list.begin(), d.list.end(), [](const Donor& x, const Donor& y) {
       return x.lo < y.lo || (x.lo == y.lo && x.r < y.r);
     });
+    d.Build();
   }
   for (;;) {
     // The heaviest piece of an over pair in the pool's sorted pairing, and the room it needs.
@@ -420,29 +421,62 @@ bool PairReplan::Pool() {
   }
 }
 
+// The entry with the lighter (heavier piece, rank) of entries a and b, where -1 is none. Ranks
+// differ, so this is a total order and the tree's shape does not matter.
+inline int PairReplan::Donors::Better(int a, int b) const {
+  if (a < 0) return b;
+  if (b < 0) return a;
+  const Donor& x = list[a];
+  const Donor& y = list[b];
+  return y.hi < x.hi || (y.hi == x.hi && y.r < x.r) ? b : a;
+}
+
 // Takes the rank outside the pool that best helps a piece needing a partner <= need: one
 // holding such a piece (a changed rank first, then the lightest other piece), else the one with
 // the lightest piece (a changed rank first); ties: lower rank. Each list is sorted by (lighter
-// piece, rank). Returns -1 when every rank is in the pool.
+// piece, rank), so the ranks holding such a piece are a prefix of it. Returns -1 when every rank
+// is in the pool.
 int PairReplan::TakeDonor(double need) {
-  auto take = [](std::vector<Donor>& list, std::vector<Donor>::iterator it) {
-    const int r = it->r;
-    list.erase(it);
-    return r;
-  };
-  for (auto& list : donors_) {
-    auto best = list.end();
-    for (auto it = list.begin(); it != list.end() && it->lo <= need; ++it) {
-      if (best == list.end() || it->hi < best->hi || (it->hi == best->hi && it->r < best->r)) {
-        best = it;
-      }
-    }
-    if (best != list.end()) return take(list, best);
+  for (Donors& d : donors_) {
+    const auto end = std::upper_bound(d.list.begin(), d.list.end(), need,
+                                      [](double x, const Donor& y) { return x < y.lo; });
+    const int best = d.BestBefore(static_cast<size_t>(end - d.list.begin()));
+    if (best >= 0) return d.Take(best);
   }
-  for (auto& list : donors_) {
-    if (!list.empty()) return take(list, list.begin());
+  for (Donors& d : donors_) {
+    const size_t n = d.list.size();
+    while (d.first < n && d.best[n + d.first] < 0) ++d.first;
+    if (d.first < n) return d.Take(static_cast<int>(d.first));
   }
   return -1;
+}
+
+void PairReplan::Donors::Build() {
+  const size_t n = list.size();
+  best.resize(2 * n);
+  for (size_t i = 0; i < n; ++i) best[n + i] = static_cast<int>(i);
+  for (size_t p = n; p-- > 1;) best[p] = Better(best[2 * p], best[2 * p + 1]);
+  first = 0;
+}
+
+int PairReplan::Donors::BestBefore(size_t end) const {
+  int found = -1;
+  // Bottom up over [lo, hi): a node at an odd end is whole inside the range.
+  for (size_t lo = list.size(), hi = list.size() + end; lo < hi; lo /= 2, hi /= 2) {
+    if (lo & 1) found = Better(found, best[lo++]);
+    if (hi & 1) found = Better(found, best[--hi]);
+  }
+  return found;
+}
+
+int PairReplan::Donors::Take(int i) {
+  const size_t n = list.size();
+  best[n + i] = -1;
+  // Only the nodes whose best was entry i change, and they are a path up from it.
+  for (size_t p = (n + i) / 2; p >= 1 && best[p] == i; p /= 2) {
+    best[p] = Better(best[2 * p], best[2 * p + 1]);
+  }
+  return list[i].r;
 }
 
 bool PairReplan::Pair() {

@@ -94,7 +94,20 @@ class PairReplan {
     double lo, hi;  // its lighter and heavier piece
     int r;
   };
-  std::array<std::vector<Donor>, 2> donors_;  // ranks outside the pool: changed, then the others
+  // Ranks outside the pool, sorted by (lighter piece, rank) and never reordered: TakeDonor marks
+  // the rank it takes in `best` instead of erasing it.
+  struct Donors {
+    std::vector<Donor> list;
+    // A min tree over `list` by (heavier piece, rank): node n + i is entry i, node p < n covers
+    // nodes 2p and 2p + 1; each holds the best entry not taken in its range, or -1.
+    std::vector<int> best;
+    size_t first = 0;  // the entries before it are taken
+    int Better(int a, int b) const;
+    void Build();
+    int BestBefore(size_t end) const;  // the best entry not taken of the first `end`, or -1
+    int Take(int i);                   // marks entry i taken; returns its rank
+  };
+  std::array<Donors, 2> donors_;  // ranks outside the pool: changed, then the others
   std::vector<std::pair<int, int>> pairs_;
   std::vector<std::pair<std::pair<int, int>, int>> keyed_;
   std::vector<int> pair_rank_, rank_pair_, offsets_, by_expert_, fill_, seen_;
