@@ -57,6 +57,16 @@ constexpr int kStall = 8;          // phase 2's moves without a lower peak befor
 constexpr std::array<double, 3> kLooser = {1.01, 1.025, 1.05};
 constexpr int kAttempts = 2 + static_cast<int>(kLooser.size());
 
+// A growth's (gain / k, gain) as one integer with the same order, so CountMoves compares one
+// number per expert: gain is a whole number (kOverWeight is), and k <= kMaxReplicas divides
+// kRatioScale, so gain / k x kRatioScale is exact; below it, gain < kOverWeight x ranks < 2^31
+// (the ratio part fits in the rest of the 64 bits while ranks < 2^31 / 1680).
+constexpr int kRatioScale = 840;  // the least common multiple of 1, 2, ..., 8
+static_assert(kMaxReplicas <= 8 && kOverWeight == static_cast<int>(kOverWeight));
+int64_t GrowthKey(int gain, int k) {
+  return static_cast<int64_t>(gain * (kRatioScale / k)) * (int64_t{1} << 32) + gain;
+}
+
 // The largest sum of the i-th lightest and the i-th heaviest of `sorted` (ascending), and the
 // first i where it is reached.
 std::pair<double, size_t> SortedPeak(std::span<const PairReplan::Entry> sorted) {
@@ -261,17 +271,15 @@ void PairReplan::CountMoves() {
     // The best growth of an expert on an over rank (ties: lower expert).
     ++stamp_no_;
     int best_v = -1;
-    const Growth* b = nullptr;  // best_v's growth
+    int64_t best_key = INT64_MIN;  // best_v's growth's key; one that helps is above it
     for (int r : overs_) {
       for (int v : {pair_[2 * r], pair_[2 * r + 1]}) {
         if (stamp_[v] >= stamp_no_) continue;  // seen this round, or never to be tried again
         stamp_[v] = stamp_no_;
-        const Growth& g = growth_valid_[v] ? growth_[v] : GrowthOf(v);
-        if (g.k == 0) continue;
-        if (b == nullptr || g.ratio > b->ratio ||
-            (g.ratio == b->ratio && (g.gain > b->gain || (g.gain == b->gain && v < best_v)))) {
+        const int64_t key = (growth_valid_[v] ? growth_[v] : GrowthOf(v)).key;
+        if (key > best_key || (key == best_key && v < best_v)) {
           best_v = v;
-          b = &g;
+          best_key = key;
         }
       }
     }
@@ -318,9 +326,9 @@ const PairReplan::Growth& PairReplan::GrowthOf(int v) {
     const int k = needs_[i];
     if (k > kMaxReplicas || Count(v) + k > R_) break;
     if (i + 1 < needs_.size() && needs_[i + 1] == k) continue;
-    const double gain = kOverWeight * static_cast<double>(i + 1) - k;
-    const double ratio = gain / k;
-    if (g.k == 0 || ratio > g.ratio || (ratio == g.ratio && gain > g.gain)) g = {k, ratio, gain};
+    const int gain = static_cast<int>(kOverWeight) * static_cast<int>(i + 1) - k;
+    const int64_t key = GrowthKey(gain, k);
+    if (key > g.key) g = {k, gain, key};
   }
   return g;
 }

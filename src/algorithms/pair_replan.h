@@ -53,7 +53,10 @@ class PairReplan {
   void CountMoves();
   struct Growth {  // more replicas of an expert for the over ranks holding it (CountMoves)
     int k = 0;     // how many; 0: none helps
-    double ratio = 0, gain = 0;
+    int gain = 0;  // kOverWeight x ranks brought under - k
+    // (ratio = gain / k, gain) as one integer that orders like the pair (GrowthKey); the lowest
+    // int64_t when none helps.
+    int64_t key = INT64_MIN;
   };
   const Growth& GrowthOf(int v);
   bool SettleCounts();
