@@ -220,9 +220,9 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
   const double pv_more = w_[v] / (Count(v) + 1);
   std::pair<int, int> best{-1, -1};
   int best_score = INT_MIN;
-  int seen = 0;
-  for (const auto& [pu, u] : release_) {  // pu: u's piece with one replica fewer
-    if (++seen > kCandidates || !(pu < pv)) break;
+  const auto end = release_.begin() + std::min<size_t>(release_.size(), kCandidates);
+  for (auto it = release_.begin(); it != end && it->value < pv; ++it) {
+    const auto [pu, u] = *it;  // pu: u's piece with one replica fewer
     if (u == v) continue;
     const std::vector<Release>& list = release_valid_[u] ? releases_[u] : ReleasesOf(u, pu);
     // A release of u scores at most its list's best plus v's part (1), and only a higher score
