@@ -56,6 +56,9 @@ constexpr int kStall = 8;          // phase 2's moves without a lower peak befor
 // greedy path, which may stop higher).
 constexpr std::array<double, 3> kLooser = {1.01, 1.025, 1.05};
 constexpr int kAttempts = 2 + static_cast<int>(kLooser.size());
+// release_top_ of an expert whose releases are out of date (no list's top is: scores are <= 0),
+// so one array tells BestRemoval both whether to list them again and how high they reach.
+constexpr int kStale = INT_MAX;
 
 // A growth's (gain / k, gain) as one integer with the same order, so CountMoves compares one
 // number per expert: gain is a whole number (kOverWeight is), and k <= kMaxReplicas divides
@@ -150,9 +153,8 @@ void PairReplan::Start() {
     over_at_[r] = static_cast<int>(overs_.size());
     overs_.push_back(r);
   }
-  release_valid_.assign(E_, 0);
   releases_.resize(E_);
-  release_top_.resize(E_);
+  release_top_.assign(E_, kStale);
   growth_valid_.assign(E_, 0);
   growth_.resize(E_);
   stamp_.assign(E_, 0);
@@ -199,7 +201,10 @@ void PairReplan::Reorder(int e, int old_count) {
 
 void PairReplan::RefreshOver(int e) {
   for (int r : Holders(e)) {
-    for (int x : {pair_[2 * r], pair_[2 * r + 1]}) release_valid_[x] = growth_valid_[x] = 0;
+    for (int x : {pair_[2 * r], pair_[2 * r + 1]}) {
+      release_top_[x] = kStale;
+      growth_valid_[x] = 0;
+    }
     const bool over = Over(r);
     if (over == static_cast<bool>(over_[r])) continue;
     over_[r] = over;
@@ -224,11 +229,11 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
   for (auto it = release_.begin(); it != end && it->value < pv; ++it) {
     const auto [pu, u] = *it;  // pu: u's piece with one replica fewer
     if (u == v) continue;
-    const std::vector<Release>& list = release_valid_[u] ? releases_[u] : ReleasesOf(u, pu);
+    if (release_top_[u] == kStale) ReleasesOf(u, pu);
     // A release of u scores at most its list's best plus v's part (1), and only a higher score
     // than the best found replaces it.
     if (release_top_[u] + 1 <= best_score) continue;
-    for (const Release& c : list) {
+    for (const Release& c : releases_[u]) {
       if (c.partner == v) continue;
       const int score = c.score + !(pv_more + c.partner_piece > cap_);
       if (score > best_score) {
@@ -245,7 +250,7 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
 // only after a move changed u's count or one of those ranks (Move, RefreshOver).
 const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu) {
   std::vector<Release>& list = releases_[u];
-  if (release_valid_[u]) return list;
+  if (release_top_[u] != kStale) return list;
   // harm: ranks holding u, not over, that u's larger piece would put over C. Every release of u
   // scores -harm, taken off once the one pass over u's ranks has counted it.
   int harm = 0;
@@ -262,7 +267,6 @@ const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu)
   }
   for (Release& c : list) c.score -= harm;
   release_top_[u] = top - harm;
-  release_valid_[u] = 1;
   return list;
 }
 

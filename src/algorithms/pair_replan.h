@@ -79,8 +79,7 @@ class PairReplan {
   std::vector<int> over_at_;                    // per rank over the cap, its index in overs_
   std::vector<Entry> release_;                  // (w / (count - 1), e) of count >= 2, ascending
   std::vector<std::vector<Release>> releases_;  // per expert, ReleasesOf's list ...
-  std::vector<int> release_top_;                // ... its highest score ...
-  std::vector<uint8_t> release_valid_;          // ... and whether it is up to date
+  std::vector<int> release_top_;  // ... and its highest score, or kStale when it is out of date
   std::vector<Growth> growth_;                  // per expert, GrowthOf's result ...
   std::vector<uint8_t> growth_valid_;           // ... and whether it is up to date
   std::vector<Entry> pieces_;                   // every replica's (piece, expert), ascending
