@@ -401,14 +401,18 @@ bool PairReplan::Pool() {
   };
   for (Donors& d : donors_) d.list.clear();
   for (int r = 0; r < R_; ++r) {
-    if (Over(r)) {
-      add(r);
+    const int a = pair_[2 * r], b = pair_[2 * r + 1];
+    if (Over(r)) {  // the over ranks' pieces are sorted once below instead of added one by one
+      pool_.push_back(r);
+      pool_pieces_.push_back({piece_[a], a});
+      pool_pieces_.push_back({piece_[b], b});
       continue;
     }
-    const int a = pair_[2 * r], b = pair_[2 * r + 1];
     donors_[Arrived(r, a) || Arrived(r, b) ? 0 : 1].list.push_back(
         {std::min(piece_[a], piece_[b]), std::max(piece_[a], piece_[b]), r});
   }
+  // Equal entries are the same expert's, so the order add() would give is the sorted one.
+  std::sort(pool_pieces_.begin(), pool_pieces_.end(), PoolOrder);
   for (Donors& d : donors_) {
     std::sort(d.list.begin(), d.list.end(), [](const Donor& x, const Donor& y) {
       return x.lo < y.lo || (x.lo == y.lo && x.r < y.r);
