@@ -145,25 +145,32 @@ void PairReplan::Start() {
   }
   std::sort(release_.begin(), release_.end());
   over_.assign(R_, 0);
-  over_at_.resize(R_);
-  overs_.clear();
+  over_ranks_ = 0;
+  over_holders_.assign(E_, 0);
+  candidates_.clear();
+  candidate_at_.assign(E_, -1);
+  given_up_.assign(E_, 0);
   for (int r = 0; r < R_; ++r) {
     over_[r] = Over(r);
     if (!over_[r]) continue;
-    over_at_[r] = static_cast<int>(overs_.size());
-    overs_.push_back(r);
+    ++over_ranks_;
+    AddOverHolder(pair_[2 * r]);
+    AddOverHolder(pair_[2 * r + 1]);
   }
   releases_.resize(E_);
   release_top_.assign(E_, kStale);
   growth_valid_.assign(E_, 0);
   growth_.resize(E_);
-  stamp_.assign(E_, 0);
-  stamp_no_ = 0;
 }
 
 // Rank r's replica of u becomes a replica of v (r holds u, not v; u has a replica to spare).
 void PairReplan::Move(int u, int r, int v) {
   pair_[pair_[2 * r] == u ? 2 * r : 2 * r + 1] = v;
+  // r's over flag is still the one from before the move; RefreshOver(v) counts a change of it.
+  if (over_[r]) {
+    RemoveOverHolder(u);
+    AddOverHolder(v);
+  }
   std::vector<int>& holders = hold_[u];
   *std::find(holders.begin(), holders.end(), r) = holders.back();
   holders.pop_back();
@@ -208,16 +215,35 @@ void PairReplan::RefreshOver(int e) {
     const bool over = Over(r);
     if (over == static_cast<bool>(over_[r])) continue;
     over_[r] = over;
-    if (over) {
-      over_at_[r] = static_cast<int>(overs_.size());
-      overs_.push_back(r);
-    } else {
-      const int last = overs_.back();
-      overs_[over_at_[r]] = last;
-      over_at_[last] = over_at_[r];
-      overs_.pop_back();
+    over_ranks_ += over ? 1 : -1;
+    for (int x : {pair_[2 * r], pair_[2 * r + 1]}) {
+      if (over) {
+        AddOverHolder(x);
+      } else {
+        RemoveOverHolder(x);
+      }
     }
   }
+}
+
+void PairReplan::AddOverHolder(int e) {
+  if (++over_holders_[e] > 1 || given_up_[e]) return;
+  candidate_at_[e] = static_cast<int>(candidates_.size());
+  candidates_.push_back(e);
+}
+
+void PairReplan::RemoveOverHolder(int e) {
+  if (--over_holders_[e] == 0) DropCandidate(e);
+}
+
+void PairReplan::DropCandidate(int e) {
+  const int at = candidate_at_[e];
+  if (at < 0) return;
+  const int last = candidates_.back();
+  candidates_[at] = last;
+  candidate_at_[last] = at;
+  candidates_.pop_back();
+  candidate_at_[e] = -1;
 }
 
 std::pair<int, int> PairReplan::BestRemoval(int v) {
@@ -272,24 +298,20 @@ const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu)
 
 void PairReplan::CountMoves() {
   for (int round = 0; round < R_; ++round) {
-    // The best growth of an expert on an over rank (ties: lower expert).
-    ++stamp_no_;
+    // The best growth of an expert on an over rank (ties: lower expert), so the candidates'
+    // order does not matter.
     int best_v = -1;
     int64_t best_key = INT64_MIN;  // best_v's growth's key; one that helps is above it
-    for (int r : overs_) {
-      for (int v : {pair_[2 * r], pair_[2 * r + 1]}) {
-        if (stamp_[v] >= stamp_no_) continue;  // seen this round, or never to be tried again
-        stamp_[v] = stamp_no_;
-        const int64_t key = (growth_valid_[v] ? growth_[v] : GrowthOf(v)).key;
-        if (key > best_key || (key == best_key && v < best_v)) {
-          best_v = v;
-          best_key = key;
-        }
+    for (int v : candidates_) {
+      const int64_t key = (growth_valid_[v] ? growth_[v] : GrowthOf(v)).key;
+      if (key > best_key || (key == best_key && v < best_v)) {
+        best_v = v;
+        best_key = key;
       }
     }
     if (best_v < 0 || !(growth_[best_v].gain > 0)) break;
     const int best_k = growth_[best_v].k;
-    const int before = static_cast<int>(overs_.size());
+    const int before = over_ranks_;
     log_.clear();
     for (int j = 0; j < best_k; ++j) {
       const auto [u, r] = BestRemoval(best_v);
@@ -297,11 +319,11 @@ void PairReplan::CountMoves() {
       Move(u, r, best_v);
       log_.emplace_back(u, r);
     }
-    if (log_.empty() || kOverWeight * (before - static_cast<int>(overs_.size())) -
-                                static_cast<double>(log_.size()) <=
-                            0) {
+    if (log_.empty() ||
+        kOverWeight * (before - over_ranks_) - static_cast<double>(log_.size()) <= 0) {
       for (auto it = log_.rbegin(); it != log_.rend(); ++it) Move(best_v, it->second, it->first);
-      stamp_[best_v] = INT_MAX;
+      given_up_[best_v] = 1;
+      DropCandidate(best_v);
     }
   }
 }

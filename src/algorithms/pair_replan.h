@@ -42,6 +42,9 @@ class PairReplan {
   void Move(int u, int r, int v);
   void Reorder(int e, int old_count);
   void RefreshOver(int e);
+  void AddOverHolder(int e);     // e is on one more over rank
+  void RemoveOverHolder(int e);  // e is on one over rank fewer
+  void DropCandidate(int e);
   std::pair<int, int> BestRemoval(int v);  // (expert u, rank) or (-1, -1)
   struct Release {  // a rank's replica of u given up for one of another expert v
     int rank;
@@ -75,18 +78,20 @@ class PairReplan {
   std::vector<double> piece_;                   // w / count
   std::vector<std::vector<int>> hold_;          // per expert, the ranks holding it
   std::vector<uint8_t> over_;                   // per rank: load above the cap
-  std::vector<int> overs_;                      // the ranks over the cap
-  std::vector<int> over_at_;                    // per rank over the cap, its index in overs_
+  int over_ranks_ = 0;                          // how many ranks are over the cap
+  std::vector<int> over_holders_;               // per expert, how many over ranks hold it
   std::vector<Entry> release_;                  // (w / (count - 1), e) of count >= 2, ascending
   std::vector<std::vector<Release>> releases_;  // per expert, ReleasesOf's list ...
-  std::vector<int> release_top_;  // ... and its highest score, or kStale when it is out of date
+  std::vector<int> release_top_;                // ... its highest score (kStale: out of date)
   std::vector<Growth> growth_;                  // per expert, GrowthOf's result ...
   std::vector<uint8_t> growth_valid_;           // ... and whether it is up to date
   std::vector<Entry> pieces_;                   // every replica's (piece, expert), ascending
   std::vector<Entry> experts_;                  // SettleCounts' scratch
-  // Per expert, the last round of CountMoves that looked at it (INT_MAX: not tried again).
-  std::vector<int> stamp_;
-  int stamp_no_ = 0;
+  // CountMoves' candidates: the experts an over rank holds that it has not given up on, in no
+  // particular order (its choice among them breaks ties by expert).
+  std::vector<int> candidates_;
+  std::vector<int> candidate_at_;  // per expert, its index in candidates_, or -1
+  std::vector<uint8_t> given_up_;  // per expert: CountMoves will not try it again
   std::vector<int> needs_;
   std::vector<std::pair<int, int>> log_;
   // Pool() and Pair(): the ranks re-paired, their experts, the new pairs and their assignment.
