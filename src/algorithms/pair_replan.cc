@@ -253,8 +253,8 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
   int best_score = INT_MIN;
   const auto end = release_.begin() + std::min<size_t>(release_.size(), kCandidates);
   for (auto it = release_.begin(); it != end && it->value < pv; ++it) {
-    const auto [pu, u] = *it;  // pu: u's piece with one replica fewer
-    if (u == v) continue;
+    // pu: u's piece with one replica fewer; pu < pv leaves v out, as w / (count - 1) > w / count.
+    const auto [pu, u] = *it;
     if (release_top_[u] == kStale) ReleasesOf(u, pu);
     // A release of u scores at most its list's best plus v's part (1), and only a higher score
     // than the best found replaces it.
