@@ -251,10 +251,14 @@ std::pair<int, int> PairReplan::BestRemoval(int v) {
   const double pv_more = w_[v] / (Count(v) + 1);
   std::pair<int, int> best{-1, -1};
   int best_score = INT_MIN;
-  const auto end = release_.begin() + std::min<size_t>(release_.size(), kCandidates);
-  for (auto it = release_.begin(); it != end && it->value < pv; ++it) {
-    // pu: u's piece with one replica fewer; pu < pv leaves v out, as w / (count - 1) > w / count.
-    const auto [pu, u] = *it;
+  // The candidates: of the first kCandidates, those whose piece after losing a replica is still
+  // below v's (ascending, so a prefix). v is not among them: w / (count - 1) > w / count.
+  const auto first = release_.begin();
+  const auto end =
+      std::partition_point(first, first + std::min<size_t>(release_.size(), kCandidates),
+                           [pv](const Entry& x) { return x.value < pv; });
+  for (auto it = first; it != end; ++it) {
+    const auto [pu, u] = *it;  // pu: u's piece with one replica fewer
     if (release_top_[u] == kStale) ReleasesOf(u, pu);
     // A release of u scores at most its list's best plus v's part (1), and only a higher score
     // than the best found replaces it.
