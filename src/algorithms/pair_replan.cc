@@ -284,16 +284,18 @@ const std::vector<PairReplan::Release>& PairReplan::ReleasesOf(int u, double pu)
   // harm: ranks holding u, not over, that u's larger piece would put over C. Every release of u
   // scores -harm, taken off once the one pass over u's ranks has counted it.
   int harm = 0;
-  list.clear();
   int top = INT_MIN;
-  for (int r : Holders(u)) {
+  const std::vector<int>& holders = Holders(u);
+  list.resize(holders.size());  // written in place: no capacity test per release
+  for (size_t i = 0; i < holders.size(); ++i) {
+    const int r = holders[i];
     const int x = Other(r, u);
     const bool broken = !over_[r] && pu + piece_[x] > cap_;
     harm += broken;
     // A rank not over that loses u was counted in harm (if u's piece broke it) and is not fixed
     // by v: it scores -1 more unless v fits; an over rank scores 1 if v fits.
-    list.push_back({r, x, broken - !over_[r], piece_[x]});
-    top = std::max(top, list.back().score);
+    list[i] = {r, x, broken - !over_[r], piece_[x]};
+    top = std::max(top, list[i].score);
   }
   for (Release& c : list) c.score -= harm;
   release_top_[u] = top - harm;
