@@ -75,16 +75,16 @@ int64_t GrowthKey(int gain, int k) {
 std::pair<double, size_t> SortedPeak(std::span<const PairReplan::Entry> sorted) {
   double peak = -std::numeric_limits<double>::infinity();
   if (sorted.empty()) return {peak, 0};
-  auto at = sorted.begin();
-  // lo and hi walk in from both ends; an odd middle entry pairs with nothing.
+  // Two passes, cheaper than one that tracks where the peak is: the peak (a running maximum the
+  // compiler keeps without branches), then the first pair that reaches it. lo and hi walk in from
+  // both ends; an odd middle entry pairs with nothing.
   for (auto lo = sorted.begin(), hi = sorted.end() - 1; lo < hi; ++lo, --hi) {
-    const double s = lo->value + hi->value;
-    if (s > peak) {
-      peak = s;
-      at = lo;
-    }
+    peak = std::max(peak, lo->value + hi->value);
   }
-  return {peak, static_cast<size_t>(at - sorted.begin())};
+  auto lo = sorted.begin();
+  for (auto hi = sorted.end() - 1; lo < hi && lo->value + hi->value != peak; ++lo, --hi) {
+  }
+  return {peak, static_cast<size_t>(lo - sorted.begin())};
 }
 
 // The order of the pool's pieces: ascending, ties: higher expert first, so read from the end it
