@@ -42,7 +42,6 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <tuple>
 
 namespace eplb {
 namespace {
@@ -85,6 +84,29 @@ std::pair<double, size_t> SortedPeak(std::span<const PairReplan::Entry> sorted) 
   for (auto hi = sorted.end() - 1; lo < hi && lo->value + hi->value != peak; ++lo, --hi) {
   }
   return {peak, static_cast<size_t>(lo - sorted.begin())};
+}
+
+// Moves the run of `count` entries equal to `old` in `sorted` (ascending, no other entry of the
+// same expert) to the place of `now`, as `count + delta` entries. The entries between the two
+// places shift by the run's length and those after the new place by delta, where erasing the run
+// and inserting the new one would shift everything after each place.
+void MoveRun(std::vector<PairReplan::Entry>& sorted, PairReplan::Entry old, int count,
+             PairReplan::Entry now, int delta) {
+  const auto from = std::lower_bound(sorted.begin(), sorted.end(), old);
+  auto to = from;   // where the new run starts
+  if (old < now) {  // the entries between move down over the old run
+    to = std::move(from + count, std::lower_bound(from + count, sorted.end(), now), from);
+  } else {  // they move up over it
+    to = std::lower_bound(sorted.begin(), from, now);
+    std::move_backward(to, from, from + count);
+  }
+  const auto at = to - sorted.begin();
+  if (delta > 0) {
+    sorted.insert(to + count, delta, now);
+  } else {
+    sorted.erase(to + count + delta, to + count);
+  }
+  std::fill_n(sorted.begin() + at, count + delta, now);
 }
 
 // The order of the pool's pieces: ascending, ties: higher expert first, so read from the end it
@@ -388,14 +410,8 @@ bool PairReplan::SettleCounts() {
     if (u < 0) break;
     const Entry old_u{piece_[u], u}, old_v{piece_[v], v};
     Move(u, r, v);
-    // u's and v's replicas leave as a run of equal entries and come back with their new piece.
-    for (const auto& [old, e, old_count] :
-         {std::tuple{old_u, u, Count(u) + 1}, std::tuple{old_v, v, Count(v) - 1}}) {
-      const auto from = std::lower_bound(pieces_.begin(), pieces_.end(), old);
-      pieces_.erase(from, from + old_count);
-      const Entry now{piece_[e], e};
-      pieces_.insert(std::lower_bound(pieces_.begin(), pieces_.end(), now), Count(e), now);
-    }
+    MoveRun(pieces_, old_u, Count(u) + 1, {piece_[u], u}, -1);
+    MoveRun(pieces_, old_v, Count(v) - 1, {piece_[v], v}, 1);
   }
   const double peak = SortedPeak(pieces_).first;
   if (peak <= cap_) return true;
