@@ -563,24 +563,25 @@ bool PairReplan::Pair() {
     }
     std::swap(pairs_[i].second, pairs_[j].second);
   }
-  // Pairs that are a pool rank's current pair go there (the last such rank in pool order).
+  // Pairs that are a pool rank's current pair go there (the last such rank in pool order). The
+  // pool's ranks by the lower expert of their current pair (CSR, in pool order), so a pair looks
+  // only at the few ranks sharing its lower expert.
   pair_rank_.assign(k, -1);
   rank_pair_.assign(R_, -1);
-  auto sorted_key = [](int a, int b) { return a < b ? std::pair{a, b} : std::pair{b, a}; };
-  std::vector<std::pair<std::pair<int, int>, int>>& keyed = keyed_;  // (current pair, pool index)
-  keyed.clear();
-  for (size_t q = 0; q < pool_.size(); ++q) {
-    const int r = pool_[q];
-    keyed.push_back({sorted_key(current_[2 * r], current_[2 * r + 1]), static_cast<int>(q)});
-  }
-  std::sort(keyed.begin(), keyed.end());
+  auto lower = [&](int r) { return std::min(current_[2 * r], current_[2 * r + 1]); };
+  auto upper = [&](int r) { return std::max(current_[2 * r], current_[2 * r + 1]); };
+  offsets_.assign(E_ + 1, 0);
+  for (int r : pool_) ++offsets_[lower(r) + 1];
+  for (int e = 0; e < E_; ++e) offsets_[e + 1] += offsets_[e];
+  by_expert_.resize(offsets_[E_]);
+  fill_.assign(offsets_.begin(), offsets_.end() - 1);
+  for (int r : pool_) by_expert_[fill_[lower(r)]++] = r;
   for (size_t i = 0; i < k; ++i) {
-    const auto key = sorted_key(pairs_[i].first, pairs_[i].second);
-    auto lo = std::lower_bound(keyed.begin(), keyed.end(), std::pair{key, INT_MIN});
-    auto hi = std::lower_bound(keyed.begin(), keyed.end(), std::pair{key, INT_MAX});
-    for (auto it = hi; it != lo; --it) {
-      const int r = pool_[(it - 1)->second];
-      if (rank_pair_[r] >= 0) continue;
+    const int a = std::min(pairs_[i].first, pairs_[i].second);
+    const int b = std::max(pairs_[i].first, pairs_[i].second);
+    for (int t = offsets_[a + 1]; t-- > offsets_[a];) {  // backwards: the last in pool order
+      const int r = by_expert_[t];
+      if (upper(r) != b || rank_pair_[r] >= 0) continue;
       rank_pair_[r] = static_cast<int>(i);
       pair_rank_[i] = r;
       break;

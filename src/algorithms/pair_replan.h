@@ -116,7 +116,6 @@ class PairReplan {
   };
   std::array<Donors, 2> donors_;  // ranks outside the pool: changed, then the others
   std::vector<std::pair<int, int>> pairs_;
-  std::vector<std::pair<std::pair<int, int>, int>> keyed_;
   std::vector<int> pair_rank_, rank_pair_, offsets_, by_expert_, fill_, seen_;
   struct Step {  // a pair on Augment's path
     int pair;
