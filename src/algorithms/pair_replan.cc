@@ -109,10 +109,10 @@ void MoveRun(std::vector<PairReplan::Entry>& sorted, PairReplan::Entry old, int 
   std::fill_n(sorted.begin() + at, count + delta, now);
 }
 
-// The order of the pool's pieces: ascending, ties: higher expert first, so read from the end it
-// is Pair()'s order (heaviest first, ties: lower expert).
+// The order of the pool's pieces, Pair()'s: heaviest first, ties: lower expert. The pieces a
+// donor rank brings are mostly light, so in this order they go in near the end and few move.
 bool PoolOrder(const PairReplan::Entry& x, const PairReplan::Entry& y) {
-  return x.value < y.value || (x.value == y.value && x.expert > y.expert);
+  return x.value > y.value || (x.value == y.value && x.expert < y.expert);
 }
 
 }  // namespace
@@ -427,21 +427,23 @@ bool PairReplan::Pool() {
   auto add = [&](int r) {
     pool_.push_back(r);
     const int x = pair_[2 * r], y = pair_[2 * r + 1];
-    const auto [lo, hi] = std::minmax({Entry{piece_[x], x}, Entry{piece_[y], y}}, PoolOrder);
+    const auto [hi, lo] = std::minmax({Entry{piece_[x], x}, Entry{piece_[y], y}}, PoolOrder);
     const size_t n = pool_pieces_.size();
     const auto begin = pool_pieces_.begin();
-    const size_t hi_at = std::upper_bound(begin, begin + n, hi, PoolOrder) - begin;
-    const size_t lo_at = std::upper_bound(begin, begin + hi_at, lo, PoolOrder) - begin;
+    // hi_at: the pieces above hi (entries equal to it are the same expert's, so where among them
+    // a piece goes does not matter).
+    const size_t hi_at = std::lower_bound(begin, begin + n, hi, PoolOrder) - begin;
+    const size_t lo_at = std::lower_bound(begin + hi_at, begin + n, lo, PoolOrder) - begin;
     // The pieces above hi keep their places counted from the top, and each place counted from
     // the bottom can only get a lighter piece: a pair among those places does not grow.
-    from = std::min(from, n - hi_at);
-    // The pieces above hi move up two places, those between lo and hi one (one pass).
+    from = std::min(from, hi_at);
+    // The pieces below lo move down two places, those between hi and lo one (one pass).
     pool_pieces_.resize(n + 2);
     Entry* p = pool_pieces_.data();
-    std::copy_backward(p + hi_at, p + n, p + n + 2);
-    std::copy_backward(p + lo_at, p + hi_at, p + hi_at + 1);
-    p[lo_at] = lo;
-    p[hi_at + 1] = hi;
+    std::copy_backward(p + lo_at, p + n, p + n + 2);
+    std::copy_backward(p + hi_at, p + lo_at, p + lo_at + 1);
+    p[hi_at] = hi;
+    p[lo_at + 1] = lo;
   };
   for (Donors& d : donors_) d.list.clear();
   for (int r = 0; r < R_; ++r) {
@@ -468,8 +470,8 @@ bool PairReplan::Pool() {
     const size_t n = pool_pieces_.size();
     double need = -1;
     for (size_t i = from; i < n / 2; ++i) {
-      if (pool_pieces_[n - 1 - i].value + pool_pieces_[i].value > cap_) {
-        need = cap_ - pool_pieces_[n - 1 - i].value;
+      if (pool_pieces_[i].value + pool_pieces_[n - 1 - i].value > cap_) {
+        need = cap_ - pool_pieces_[i].value;
         from = i;  // the pairs before it are at most C
         break;
       }
@@ -540,12 +542,12 @@ int PairReplan::Donors::Take(int i) {
 }
 
 bool PairReplan::Pair() {
-  // The pool's experts, heaviest piece first (ties: lower expert: Pool's order read from the
-  // end), in sorted pairing.
+  // The pool's experts, heaviest piece first (ties: lower expert: Pool's order), in sorted
+  // pairing.
   const size_t n = pool_pieces_.size(), k = n / 2;
   pairs_.resize(k);
   for (size_t i = 0; i < k; ++i) {
-    pairs_[i] = {pool_pieces_[n - 1 - i].expert, pool_pieces_[i].expert};
+    pairs_[i] = {pool_pieces_[i].expert, pool_pieces_[n - 1 - i].expert};
   }
   for (size_t i = 0; i < k; ++i) {
     const int x = pairs_[i].first;
