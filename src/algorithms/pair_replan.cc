@@ -86,18 +86,30 @@ std::pair<double, size_t> SortedPeak(std::span<const PairReplan::Entry> sorted) 
   return {peak, static_cast<size_t>(lo - sorted.begin())};
 }
 
+// std::lower_bound of x in [first, last) (ascending Entry order), searching on the values alone
+// and then stepping over the entries of equal value and lower expert (rare), which is cheaper
+// than comparing both fields at every step.
+std::vector<PairReplan::Entry>::iterator LowerBound(std::vector<PairReplan::Entry>::iterator first,
+                                                    std::vector<PairReplan::Entry>::iterator last,
+                                                    const PairReplan::Entry& x) {
+  auto it = std::lower_bound(first, last, x.value,
+                             [](const PairReplan::Entry& y, double v) { return y.value < v; });
+  while (it != last && it->value == x.value && it->expert < x.expert) ++it;
+  return it;
+}
+
 // Moves the run of `count` entries equal to `old` in `sorted` (ascending, no other entry of the
 // same expert) to the place of `now`, as `count + delta` entries. The entries between the two
 // places shift by the run's length and those after the new place by delta, where erasing the run
 // and inserting the new one would shift everything after each place.
 void MoveRun(std::vector<PairReplan::Entry>& sorted, PairReplan::Entry old, int count,
              PairReplan::Entry now, int delta) {
-  const auto from = std::lower_bound(sorted.begin(), sorted.end(), old);
+  const auto from = LowerBound(sorted.begin(), sorted.end(), old);
   auto to = from;   // where the new run starts
   if (old < now) {  // the entries between move down over the old run
-    to = std::move(from + count, std::lower_bound(from + count, sorted.end(), now), from);
+    to = std::move(from + count, LowerBound(from + count, sorted.end(), now), from);
   } else {  // they move up over it
-    to = std::lower_bound(sorted.begin(), from, now);
+    to = LowerBound(sorted.begin(), from, now);
     std::move_backward(to, from, from + count);
   }
   const auto at = to - sorted.begin();
@@ -210,21 +222,21 @@ void PairReplan::Reorder(int e, int old_count) {
   const auto begin = release_.begin(), end = release_.end();
   const Entry now{Count(e) >= 2 ? w_[e] / (Count(e) - 1) : 0.0, e};
   if (old_count < 2) {
-    release_.insert(std::lower_bound(begin, end, now), now);
+    release_.insert(LowerBound(begin, end, now), now);
     return;
   }
-  const auto at = std::lower_bound(begin, end, Entry{w_[e] / (old_count - 1), e});
+  const auto at = LowerBound(begin, end, Entry{w_[e] / (old_count - 1), e});
   if (Count(e) < 2) {
     release_.erase(at);
     return;
   }
   // The others stay sorted, so the entries between the old place and the new shift by one.
   *at = now;
-  const auto to = std::lower_bound(begin, at, now);
+  const auto to = LowerBound(begin, at, now);
   if (to != at) {
     std::rotate(to, at, at + 1);
   } else {
-    std::rotate(at, at + 1, std::lower_bound(at + 1, end, now));
+    std::rotate(at, at + 1, LowerBound(at + 1, end, now));
   }
 }
 
