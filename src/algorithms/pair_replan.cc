@@ -508,18 +508,15 @@ inline int PairReplan::Donors::Better(int a, int b) const {
 // Takes the rank outside the pool that best helps a piece needing a partner <= need: one
 // holding such a piece (a changed rank first, then the lightest other piece), else the one with
 // the lightest piece (a changed rank first); ties: lower rank. Each list is sorted by (lighter
-// piece, rank), so the ranks holding such a piece are a prefix of it. Returns -1 when every rank
-// is in the pool.
+// piece, rank). Returns -1 when every rank is in the pool.
 int PairReplan::TakeDonor(double need) {
   for (Donors& d : donors_) {
-    const auto end = std::upper_bound(d.list.begin(), d.list.end(), need,
-                                      [](double x, const Donor& y) { return x < y.lo; });
-    const int best = d.BestBefore(static_cast<size_t>(end - d.list.begin()));
+    const int best = d.BestUpTo(need);
     if (best >= 0) return d.Take(best);
   }
   for (Donors& d : donors_) {
     const size_t n = d.list.size();
-    while (d.first < n && d.best[n + d.first] < 0) ++d.first;
+    while (d.first < n && d.best[d.leaves + d.first] < 0) ++d.first;
     if (d.first < n) return d.Take(static_cast<int>(d.first));
   }
   return -1;
@@ -527,27 +524,37 @@ int PairReplan::TakeDonor(double need) {
 
 void PairReplan::Donors::Build() {
   const size_t n = list.size();
-  best.resize(2 * n);
-  for (size_t i = 0; i < n; ++i) best[n + i] = static_cast<int>(i);
-  for (size_t p = n; p-- > 1;) best[p] = Better(best[2 * p], best[2 * p + 1]);
+  for (leaves = 1; leaves < n;) leaves *= 2;
+  best.assign(2 * leaves, -1);
+  for (size_t i = 0; i < n; ++i) best[leaves + i] = static_cast<int>(i);
+  for (size_t p = leaves; p-- > 1;) best[p] = Better(best[2 * p], best[2 * p + 1]);
   first = 0;
 }
 
-int PairReplan::Donors::BestBefore(size_t end) const {
+// The entries with lo <= need are a prefix of the list (sorted by lo), found on the way down
+// instead of by a binary search first: each node visited starts inside the prefix, so where its
+// right half does too, its whole left half is inside.
+int PairReplan::Donors::BestUpTo(double need) const {
+  if (list.empty() || !(list[0].lo <= need)) return -1;
   int found = -1;
-  // Bottom up over [lo, hi): a node at an odd end is whole inside the range.
-  for (size_t lo = list.size(), hi = list.size() + end; lo < hi; lo /= 2, hi /= 2) {
-    if (lo & 1) found = Better(found, best[lo++]);
-    if (hi & 1) found = Better(found, best[--hi]);
+  size_t p = 1, start = 0;  // node p covers the entries from `start`
+  for (size_t width = leaves / 2; width > 0; width /= 2) {
+    const size_t mid = start + width;
+    if (mid < list.size() && list[mid].lo <= need) {
+      found = Better(found, best[2 * p]);
+      p = 2 * p + 1;
+      start = mid;
+    } else {
+      p = 2 * p;
+    }
   }
-  return found;
+  return Better(found, best[p]);  // the leaf of entry `start`
 }
 
 int PairReplan::Donors::Take(int i) {
-  const size_t n = list.size();
-  best[n + i] = -1;
+  best[leaves + i] = -1;
   // Only the nodes whose best was entry i change, and they are a path up from it.
-  for (size_t p = (n + i) / 2; p >= 1 && best[p] == i; p /= 2) {
+  for (size_t p = (leaves + i) / 2; p >= 1 && best[p] == i; p /= 2) {
     best[p] = Better(best[2 * p], best[2 * p + 1]);
   }
   return list[i].r;

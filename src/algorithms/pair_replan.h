@@ -105,14 +105,16 @@ class PairReplan {
   // the rank it takes in `best` instead of erasing it.
   struct Donors {
     std::vector<Donor> list;
-    // A min tree over `list` by (heavier piece, rank): node n + i is entry i, node p < n covers
-    // nodes 2p and 2p + 1; each holds the best entry not taken in its range, or -1.
+    // A min tree over `list` by (heavier piece, rank): node leaves + i is entry i (a power of
+    // two leaves, the ones past the list empty), node p < leaves covers nodes 2p and 2p + 1;
+    // each holds the best entry not taken in its range, or -1.
     std::vector<int> best;
+    size_t leaves = 1;
     size_t first = 0;  // the entries before it are taken
     int Better(int a, int b) const;
     void Build();
-    int BestBefore(size_t end) const;  // the best entry not taken of the first `end`, or -1
-    int Take(int i);                   // marks entry i taken; returns its rank
+    int BestUpTo(double need) const;  // the best entry not taken with lo <= need, or -1
+    int Take(int i);                  // marks entry i taken; returns its rank
   };
   std::array<Donors, 2> donors_;  // ranks outside the pool: changed, then the others
   std::vector<std::pair<int, int>> pairs_;
