@@ -61,12 +61,14 @@ constexpr int kStale = INT_MAX;
 
 // A growth's (gain / k, gain) as one integer with the same order, so CountMoves compares one
 // number per expert: gain is a whole number (kOverWeight is), and k <= kMaxReplicas divides
-// kRatioScale, so gain / k x kRatioScale is exact; below it, gain < kOverWeight x ranks < 2^31
-// (the ratio part fits in the rest of the 64 bits while ranks < 2^31 / 1680).
+// kRatioScale, so gain / k x kRatioScale is exact; below it, gain itself. A shape has at most
+// 2^24 slots, so at two per rank |gain| <= kOverWeight x ranks < 2^25 fits in the low 26 bits
+// and the ratio part (< 840 x 2^25 < 2^35) in the bits above.
 constexpr int kRatioScale = 840;  // the least common multiple of 1, 2, ..., 8
 static_assert(kMaxReplicas <= 8 && kOverWeight == static_cast<int>(kOverWeight));
+static_assert(kOverWeight <= 2);
 int64_t GrowthKey(int gain, int k) {
-  return static_cast<int64_t>(gain * (kRatioScale / k)) * (int64_t{1} << 32) + gain;
+  return int64_t{gain} * (kRatioScale / k) * (int64_t{1} << 26) + gain;
 }
 
 // The largest sum of the i-th lightest and the i-th heaviest of `sorted` (ascending), and the
