@@ -779,6 +779,27 @@ class ExcessSearch : public LayerState {
       }
       n = static_cast<int>(locals_.size());
     }
+    // What the loop over partners reads of each, worked out once here rather than once per slot
+    // of h. A partner without room under the cap ends that loop (its bound is at most 0, and
+    // best.value is never below 0): so does every later one (they are heavier, h among them), and
+    // of the locals, the next local too. Such partners are left out, and the rest have no excess.
+    if (mates_.size() < static_cast<size_t>(n + partners)) mates_.resize(n + partners);
+    int mates = 0;  // mates_ in use
+    int locals = n;
+    for (int pi = 0; pi < n + partners; ++pi) {
+      const int j = pi < n ? locals_[pi] : order_[pi - n];
+      const double room = cap_ - load_[j];
+      if (!(room > 0)) {
+        if (pi < n) {
+          locals = mates;
+          pi = n - 1;  // on to the lightest ranks
+          continue;
+        }
+        break;
+      }
+      mates_[mates++] = {j, load_[j], room, Arrived(j) == 0, back_[j] != back_stamp_};
+    }
+    n = locals;
     for (int s = 0; s < S_; ++s) {
       const int hs = h * S_ + s;
       const int x = slot_[hs];
@@ -788,10 +809,11 @@ class ExcessSearch : public LayerState {
       const bool x_was_on_h = !Changed(h, x);
       // Swap x with a lighter expert y of one of the partners j. It removes at most
       // min(excess of h, px, room under the cap on j); each list comes lightest first.
-      for (int pi = 0; pi < n + partners; ++pi) {
-        const int j = pi < n ? locals_[pi] : order_[pi - n];
-        const double lj = load_[j];
-        const double bound = std::min(head, cap_ - lj);
+      for (int pi = 0; pi < mates; ++pi) {
+        const Mate& m = mates_[pi];
+        const int j = m.rank;
+        const double lj = m.load;
+        const double bound = std::min(head, m.room);
         if (bound <= best.value) {
           if (pi < n) {
             pi = n - 1;  // on to the lightest ranks
@@ -799,29 +821,28 @@ class ExcessSearch : public LayerState {
           }
           break;
         }
-        if (j == h || Holds(j, x) || !Allowed(j, x)) continue;
+        if (Holds(j, x) || !Allowed(j, x)) continue;
         // The swap's weight is at least x's part plus, when nothing has arrived on j (so every y
         // there is original) and j holds nothing h held originally, 1 for y on h. Skip j when
         // that leaves no chance to beat best. (Like the break above, this ignores candidates that
         // beat the bound by rounding alone.) Unweighted, the least weight is 2 exactly when, on
         // top of that, x is new on j and was on h originally.
         if constexpr (kNodes) {
-          if (bound <= best.value * (1 + MostWeight()) && !Arrived(j)) {
-            const double least = Weight(j, x) - Weight(h, x) + (back_[j] != back_stamp_ ? 1 : 0);
+          if (bound <= best.value * (1 + MostWeight()) && m.settled) {
+            const double least = Weight(j, x) - Weight(h, x) + (m.apart ? 1 : 0);
             if (least > 1 && bound <= best.value * least) continue;
           }
-        } else if (bound * 0.5 <= best.value && x_was_on_h && Changed(j, x) && !Arrived(j) &&
-                   back_[j] != back_stamp_) {
+        } else if (bound * 0.5 <= best.value && x_was_on_h && m.settled && m.apart &&
+                   Changed(j, x)) {
           continue;
         }
-        const double exc_j = Exc(lj);
         const double x_part = kNodes ? Weight(j, x) - Weight(h, x) : 0.0;
         for (int t = 0; t < S_; ++t) {
           const int jt = j * S_ + t;
           const int y = slot_[jt];
           const double py = Piece(y);
           if (py >= px) continue;
-          const double removed = exc_h - Exc(lh - px + py) - (Exc(lj + px - py) - exc_j);
+          const double removed = exc_h - Exc(lh - px + py) - Exc(lj + px - py);  // j: no excess
           if (removed <= best.value || Holds(h, y) || !Allowed(h, y)) continue;
           Step c{Step::kSwap, hs, y, jt, x};
           if constexpr (kNodes) {
@@ -902,6 +923,15 @@ class ExcessSearch : public LayerState {
   double cap_ = 0;
   std::vector<int> overloaded_;
   std::vector<int> locals_;  // BestFrom's partners on the source's node
+  // A partner of BestFrom, as it stands when BestFrom starts.
+  struct Mate {
+    int rank;
+    double load;
+    double room;   // cap_ - load, > 0
+    bool settled;  // nothing has arrived on it (Arrived() is 0)
+    bool apart;    // it holds none of the source's original experts (back_ is not stamped)
+  };
+  std::vector<Mate> mates_;  // BestFrom's partners with room under the cap, in the order tried
   std::vector<double> gain_add_, loss_remove_;
   // Per slot, what giving up its replica costs the expert's other holders in excess (Refresh);
   // kNotDonor where the expert has no replica to spare.
