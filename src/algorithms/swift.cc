@@ -460,8 +460,6 @@ class ExcessSearch : public LayerState {
     paid_.clear();
     paid_at_.assign(static_cast<size_t>(R_) * S_, -1);
     terms_.resize(R_);
-    slot_of_.resize(static_cast<size_t>(R_) * E_);
-    for (int i = 0; i < R_ * S_; ++i) slot_of_[static_cast<size_t>(i / S_) * E_ + slot_[i]] = i;
     for (int e = 0; e < E_; ++e) Refresh(e);
     Descend(budget, min_gain, max_rounds);
     // best_slots_ still holds the placement the search started from: the slot writes up to the
@@ -534,7 +532,9 @@ class ExcessSearch : public LayerState {
     }
     loss_remove_[e] = loss;
     for (size_t k = 0; k < holders.size(); ++k) {
-      const int slot = SlotOf(holders[k], e);
+      const int* slots = &slot_[holders[k] * S_];
+      const int t = static_cast<int>(std::find(slots, slots + S_, e) - slots);
+      const int slot = holders[k] * S_ + t;
       double& cost = donor_cost_[slot];
       const double now = spare ? loss - terms_[k] : kNotDonor;
       const int delta = (now <= 0) - (cost <= 0);
@@ -554,8 +554,6 @@ class ExcessSearch : public LayerState {
       cost = now;
     }
   }
-  // The slot of rank r that holds e (r must hold e).
-  int SlotOf(int r, int e) const { return slot_of_[static_cast<size_t>(r) * E_ + e]; }
   // Excess removed from the holders of e when e gains a replica (-1 when it cannot).
   double GainAdd(int e) const {
     if (count_[e] >= R_) return -1.0;
@@ -610,8 +608,6 @@ class ExcessSearch : public LayerState {
     };
     const int gone = slot_[c.slot_a];
     Apply(c);
-    slot_of_[static_cast<size_t>(c.slot_a / S_) * E_ + c.expert_a] = c.slot_a;
-    if (c.slot_b >= 0) slot_of_[static_cast<size_t>(c.slot_b / S_) * E_ + c.expert_b] = c.slot_b;
     // The experts of c's slots changed holders (and maybe counts): always refreshed.
     refresh(gone);
     refresh(c.expert_a);
@@ -946,9 +942,6 @@ class ExcessSearch : public LayerState {
   std::vector<int> paid_;        // the donor slots that cost something, in no particular order
   std::vector<int> paid_at_;     // per slot, its index in paid_ (-1: not listed)
   std::vector<double> terms_;    // Refresh's RemoveTerm per holder
-  // [rank][expert]: the slot of the rank that holds the expert, kept by ApplyStep for the experts
-  // a rank holds (the other entries are stale), so Refresh need not search a holder's slots.
-  std::vector<int> slot_of_;
   std::vector<Key> donors_;      // (cost, slot), cheapest first
   std::vector<Key> donor_heap_;  // the donors not yet sorted into donors_
   int donor_ranks_ = 0;          // how many ranks of order_ Donor() has listed
