@@ -318,13 +318,14 @@ class PeakSearch : public LayerState {
   void Improve(double target, double min_gain, int max_steps) {
     if (total_ <= 0) return;
     const double mean = Mean();
-    RefreshHot();
+    RefreshHot(kHot);  // many layers never change a replica count: no spares kept for them
     for (int step_no = 0; step_no < max_steps; ++step_no) {
       const int h = Heaviest();
       if (mean / load_[h] >= target) return;
       const Step best = FindStep(h);
       if (best.kind == Step::kNone || best.value < min_gain * mean) return;
-      if (Apply(best)) RefreshHot();
+      const int old_a = slot_[best.slot_a];
+      if (Apply(best)) UpdateHot(old_a, best.expert_a);
     }
   }
 
@@ -396,7 +397,7 @@ class PeakSearch : public LayerState {
       if (count_[x] >= 2) {
         const double dx = PieceLess(x) - px;
         const double other = MaxHolderExcept(x, h);
-        for (int y : hot_) {
+        for (int y : std::span(hot_).first(std::min(hot_.size(), size_t{kHot}))) {
           if (y == x || Holds(h, y) || count_[y] >= R_) continue;
           Consider(best, {Step::kRelease, hs, y}, lh, std::max(lh - px + PieceMore(y), other + dx));
         }
@@ -405,11 +406,36 @@ class PeakSearch : public LayerState {
     return best;
   }
 
-  // The kHot experts with the largest load per replica, largest first (ties: lower id), in one
-  // pass: experts come in ascending id, so a later one goes in front of an equal piece only if
-  // its piece is larger.
-  void RefreshHot() {
-    const size_t k = static_cast<size_t>(std::min(E_, kHot));
+  // Whether expert a comes before b in hot_: a larger load per replica, or an equal one and a
+  // lower id.
+  bool Hotter(int a, int b) const {
+    return Piece(a) > Piece(b) || (Piece(a) == Piece(b) && a < b);
+  }
+
+  // After a step changed the replica counts of experts a and b (and no other piece): hot_ stays
+  // the first experts in Hotter order, without a pass over all experts. Each leaves the list and
+  // comes back only if it goes before the last one kept (else the list is still a prefix of the
+  // order, one shorter); the pass runs only when fewer than kHot are left. Out of line, as is
+  // RefreshHot: both are rare, and inlined they keep FindStep from being inlined into Improve.
+  [[gnu::noinline]] void UpdateHot(int a, int b) {
+    for (int e : {a, b}) std::erase(hot_, e);
+    for (int e : {a, b}) {
+      if (hot_.empty() || !Hotter(e, hot_.back())) continue;
+      hot_.insert(std::upper_bound(hot_.begin(), hot_.end(), e,
+                                   [&](int u, int v) { return Hotter(u, v); }),
+                  e);
+      if (hot_.size() > kHotKept) hot_.pop_back();
+    }
+    if (hot_.size() < static_cast<size_t>(std::min(E_, kHot)) || E_ <= kHotKept) {
+      RefreshHot(kHotKept);
+    }
+  }
+
+  // The `keep` experts with the largest load per replica in Hotter order (FindStep reads the
+  // first kHot), in one pass: experts come in ascending id, so a later one goes in front of an
+  // equal piece only if its piece is larger.
+  [[gnu::noinline]] void RefreshHot(int keep) {
+    const size_t k = static_cast<size_t>(std::min(E_, keep));
     hot_.clear();
     for (int e = 0; e < E_; ++e) {
       const double p = Piece(e);
@@ -424,6 +450,7 @@ class PeakSearch : public LayerState {
 
   static constexpr int kPairBudget = 96;  // 24 partners at 2 slots per rank, 8 from 4 up
   static constexpr int kHot = 8;
+  static constexpr int kHotKept = 16;  // so that a step's changes rarely call for a pass
   std::vector<int> hot_;
 };
 
