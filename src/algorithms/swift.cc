@@ -996,9 +996,11 @@ class ExcessSearch : public LayerState {
 
 // Replaces the top of a binary heap (ordered by `above`) with `value`, which must not belong
 // above the old top, and sifts it down: one sift instead of a pop and a push.
+// The heap is the first n entries (default: all).
 template <typename T, typename Above>
-void ReplaceTop(std::vector<T>& heap, T value, Above above) {
-  const size_t n = heap.size();
+void ReplaceTop(std::vector<T>& heap, T value, Above above,
+                size_t n = std::numeric_limits<size_t>::max()) {
+  n = std::min(n, heap.size());
   size_t i = 0;
   for (size_t c = 1; c < n; c = 2 * i + 1) {
     if (c + 1 < n && above(heap[c + 1], heap[c])) ++c;
@@ -1015,7 +1017,11 @@ void ReplaceTop(std::vector<T>& heap, T value, Above above) {
 // The greedy takes the candidates "replica k + 1 of e, worth w[e] / k" (k < ranks) in descending
 // order of worth, so it takes every candidate worth more than tau = total / extra first: there
 // are fewer than extra of them. Those are granted at once; the heap goes on from there.
-std::vector<int> Replicate(std::span<const double> w, int slots, int ranks) {
+//
+// Leaves in `pieces` every expert's key (-load per replica, expert) for its final count, in no
+// particular order: the packer sorts them, and they are the heap's keys at the end.
+std::vector<int> Replicate(std::span<const double> w, int slots, int ranks,
+                           std::vector<Key>& pieces) {
   const int E = static_cast<int>(w.size());
   std::vector<int> count(E, 1);
   int extra = slots - E;
@@ -1039,19 +1045,21 @@ std::vector<int> Replicate(std::span<const double> w, int slots, int ranks) {
     }
   }
   // A min-heap of (-load per replica, expert): the top is the largest piece, ties the lowest id.
-  std::vector<Key> heap(E);
+  std::vector<Key>& heap = pieces;
+  heap.resize(E);
   for (int e = 0; e < E; ++e) heap[e] = MakeKey(-(w[e] / count[e]), e);
   std::make_heap(heap.begin(), heap.end(), std::greater<>());
-  while (extra > 0 && !heap.empty()) {
+  size_t full = 0;  // experts with a replica on every rank, at the end of `pieces` (rare)
+  while (extra > 0 && heap.size() > full) {
     const int e = KeyId(heap.front());
-    if (count[e] >= ranks) {
-      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-      heap.pop_back();
+    if (count[e] >= ranks) {  // out of the heap, kept past its end
+      std::pop_heap(heap.begin(), heap.end() - full, std::greater<>());
+      ++full;
       continue;
     }
     ++count[e];
     --extra;
-    ReplaceTop(heap, MakeKey(-(w[e] / count[e]), e), std::less<>());
+    ReplaceTop(heap, MakeKey(-(w[e] / count[e]), e), std::less<>(), heap.size() - full);
   }
   return count;
 }
@@ -1060,14 +1068,13 @@ std::vector<int> Replicate(std::span<const double> w, int slots, int ranks) {
 // lower rank). Reuses its buffers across layers.
 class Packer {
  public:
-  std::span<const int> Pack(std::span<const double> w, const std::vector<int>& count, int ranks,
-                            int slots_per_rank) {
-    const int E = static_cast<int>(w.size());
+  // `pieces`: every expert's key (-load per replica, expert) for `count`, in any order (sorted
+  // here).
+  std::span<const int> Pack(std::span<const double> w, const std::vector<int>& count,
+                            std::vector<Key>& pieces, int ranks, int slots_per_rank) {
     // Experts by load per replica, largest first (ties: lower id); an expert's replicas are
     // placed one after another.
-    experts_.clear();
-    for (int e = 0; e < E; ++e) experts_.push_back(MakeKey(-(w[e] / count[e]), e));
-    std::sort(experts_.begin(), experts_.end());
+    std::sort(pieces.begin(), pieces.end());
     S_ = slots_per_rank;
     heap_.clear();
     for (int r = 0; r < ranks; ++r) heap_.push_back(MakeKey(0.0, r));  // already a min-heap
@@ -1081,7 +1088,7 @@ class Packer {
     int fresh = 0;       // ranks [0, fresh) took the first replicas; -1 once the heap is in use
     bool pairs = false;  // the heap is a sorted list (two slots per rank)
     size_t next = 0;     // ... whose first next entries are taken
-    for (const Key k : experts_) {
+    for (const Key k : pieces) {
       const double piece = -KeyValue(k);
       const int e = KeyId(k);
       for (int c = 0; c < count[e]; ++c) {
@@ -1197,7 +1204,6 @@ class Packer {
     std::push_heap(heap_.begin(), heap_.end(), std::greater<>());
   }
 
-  std::vector<Key> experts_;  // (-piece, expert), ascending
   std::vector<Key> heap_;     // (load, rank), a min-heap
   std::vector<Key> skipped_;
   std::vector<double> load_;
@@ -1338,13 +1344,14 @@ class Swift final : public Balancer {
       struct Worker {
         PeakSearch search;
         Packer packer;
+        std::vector<Key> pieces;  // Replicate's keys, which Pack sorts
         std::vector<int> home, experts;  // hierarchical: homes, and one node's experts
         std::vector<double> sub;         // ... and their loads
       };
       // Balances `w` over `ranks` ranks into out (ranks x slots per rank ids of w's experts).
       auto fresh = [&](Worker& wk, std::span<const double> w, int ranks, int* out) {
-        auto packed = wk.packer.Pack(w, Replicate(w, ranks * shape.slots_per_rank, ranks), ranks,
-                                     shape.slots_per_rank);
+        const std::vector<int> count = Replicate(w, ranks * shape.slots_per_rank, ranks, wk.pieces);
+        auto packed = wk.packer.Pack(w, count, wk.pieces, ranks, shape.slots_per_rank);
         wk.search.Reset(w, packed, ranks, shape.slots_per_rank, /*track_changes=*/false);
         wk.search.Improve(options_.skip_balancedness, kScratchMinGain,
                           8 * ranks * shape.slots_per_rank);
