@@ -1101,7 +1101,6 @@ class Packer {
             ++fresh;
             continue;
           }
-          for (int r = 0; r < fresh; ++r) heap_[r] = MakeKey(fill_[r] < S_ ? load_[r] : kFull, r);
           // Two slots per rank: each rank takes one more replica and is full, so the heap would
           // hand the ranks out in the order of their keys (skipping those holding the expert).
           // A sorted list does the same without the heap's upkeep, and needs no sort: every rank
@@ -1117,7 +1116,10 @@ class Packer {
               end = begin;
             }
             assert(std::is_sorted(heap_.begin(), heap_.end()));
-          } else {
+          } else {  // the ranks that took a replica get their keys (the list writes its own)
+            for (int r = 0; r < fresh; ++r) {
+              heap_[r] = MakeKey(fill_[r] < S_ ? load_[r] : kFull, r);
+            }
             std::make_heap(heap_.begin(), heap_.end(), std::greater<>());
           }
           fresh = -1;
