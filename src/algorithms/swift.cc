@@ -408,9 +408,7 @@ class PeakSearch : public LayerState {
 
   // Whether expert a comes before b in hot_: a larger load per replica, or an equal one and a
   // lower id.
-  bool Hotter(int a, int b) const {
-    return Piece(a) > Piece(b) || (Piece(a) == Piece(b) && a < b);
-  }
+  bool Hotter(int a, int b) const { return Piece(a) > Piece(b) || (Piece(a) == Piece(b) && a < b); }
 
   // After a step changed the replica counts of experts a and b (and no other piece): hot_ stays
   // the first experts in Hotter order, without a pass over all experts. Each leaves the list and
@@ -421,9 +419,9 @@ class PeakSearch : public LayerState {
     for (int e : {a, b}) std::erase(hot_, e);
     for (int e : {a, b}) {
       if (hot_.empty() || !Hotter(e, hot_.back())) continue;
-      hot_.insert(std::upper_bound(hot_.begin(), hot_.end(), e,
-                                   [&](int u, int v) { return Hotter(u, v); }),
-                  e);
+      hot_.insert(
+          std::upper_bound(hot_.begin(), hot_.end(), e, [&](int u, int v) { return Hotter(u, v); }),
+          e);
       if (hot_.size() > kHotKept) hot_.pop_back();
     }
     if (hot_.size() < static_cast<size_t>(std::min(E_, kHot)) || E_ <= kHotKept) {
@@ -977,13 +975,13 @@ class ExcessSearch : public LayerState {
   std::vector<int> hot_seen_;    // per expert: hot_stamp_ when last collected
   int hot_stamp_ = 0;
   std::vector<Step> steps_;
-  std::vector<int> touched_;     // per rank, the applies_ at which its load last changed
-  int applies_ = 0;              // steps applied so far
-  std::vector<int> best_slots_;  // see best_slots()
+  std::vector<int> touched_;                // per rank, the applies_ at which its load last changed
+  int applies_ = 0;                         // steps applied so far
+  std::vector<int> best_slots_;             // see best_slots()
   std::vector<std::pair<int, int>> moves_;  // (slot, expert) written by the steps applied, in order
   size_t best_moves_ = 0;                   // how many of them lead to best_slots_
-  double mean_ = 0;              // the layer's mean rank load when Improve started
-  double best_peak_ = 0;         // the largest rank load of best_slots_
+  double mean_ = 0;                         // the layer's mean rank load when Improve started
+  double best_peak_ = 0;                    // the largest rank load of best_slots_
   int best_changes_ = 0;
   std::vector<int> changed_;    // ApplyStep's ranks
   std::vector<double> was_;     // ... and their loads before the step
@@ -1206,7 +1204,7 @@ class Packer {
     std::push_heap(heap_.begin(), heap_.end(), std::greater<>());
   }
 
-  std::vector<Key> heap_;     // (load, rank), a min-heap
+  std::vector<Key> heap_;  // (load, rank), a min-heap
   std::vector<Key> skipped_;
   std::vector<double> load_;
   std::vector<int> fill_, last_, phy2log_;
@@ -1346,25 +1344,30 @@ class Swift final : public Balancer {
       struct Worker {
         PeakSearch search;
         Packer packer;
-        std::vector<Key> pieces;  // Replicate's keys, which Pack sorts
+        std::vector<Key> pieces;         // Replicate's keys, which Pack sorts
         std::vector<int> home, experts;  // hierarchical: homes, and one node's experts
         std::vector<double> sub;         // ... and their loads
       };
-      // Balances `w` over `ranks` ranks into out (ranks x slots per rank ids of w's experts).
-      auto fresh = [&](Worker& wk, std::span<const double> w, int ranks, int* out) {
+      // Balances `w` over `ranks` ranks into out (ranks x slots per rank ids of w's experts),
+      // refining until their balancedness reaches `target`.
+      auto fresh = [&](Worker& wk, std::span<const double> w, int ranks, double target, int* out) {
         const std::vector<int> count = Replicate(w, ranks * shape.slots_per_rank, ranks, wk.pieces);
         auto packed = wk.packer.Pack(w, count, wk.pieces, ranks, shape.slots_per_rank);
         wk.search.Reset(w, packed, ranks, shape.slots_per_rank, /*track_changes=*/false);
-        wk.search.Improve(options_.skip_balancedness, kScratchMinGain,
-                          8 * ranks * shape.slots_per_rank);
+        wk.search.Improve(target, kScratchMinGain, 8 * ranks * shape.slots_per_rank);
         std::copy(wk.search.slots().begin(), wk.search.slots().end(), out);
       };
       ParallelFor<Worker>(shape.layers, options_.threads, [&](int l, Worker& wk) {
         auto row = load.row(l);
         int* out = ids.data() + static_cast<size_t>(l) * slots;
-        if (!Hierarchical(shape)) return fresh(wk, row, shape.ranks, out);
-        // Each node balances its groups' experts over its own ranks.
+        if (!Hierarchical(shape))
+          return fresh(wk, row, shape.ranks, options_.skip_balancedness, out);
+        // Each node balances its groups' experts over its own ranks. The layer reaches
+        // skip_balancedness when every rank is at most mean / skip_balancedness, the layer's mean:
+        // relative to its own mean a node's target is higher where its mean is (above 1: no
+        // stop short of what its search can do).
         PackGroups(row, shape, wk.home);
+        const double layer_mean = std::accumulate(row.begin(), row.end(), 0.0) / shape.ranks;
         const int rpn = shape.ranks_per_node(), node_slots = rpn * shape.slots_per_rank;
         for (int n = 0; n < shape.nodes; ++n) {
           wk.experts.clear();
@@ -1375,7 +1378,10 @@ class Swift final : public Balancer {
             wk.sub.push_back(row[e]);
           }
           int* node_out = out + static_cast<size_t>(n) * node_slots;
-          fresh(wk, wk.sub, rpn, node_out);
+          const double node_mean = std::accumulate(wk.sub.begin(), wk.sub.end(), 0.0) / rpn;
+          const double target =
+              layer_mean > 0 ? options_.skip_balancedness * node_mean / layer_mean : 1.0;
+          fresh(wk, wk.sub, rpn, target, node_out);
           for (int i = 0; i < node_slots; ++i) node_out[i] = wk.experts[node_out[i]];
         }
       });
