@@ -994,11 +994,9 @@ class ExcessSearch : public LayerState {
 
 // Replaces the top of a binary heap (ordered by `above`) with `value`, which must not belong
 // above the old top, and sifts it down: one sift instead of a pop and a push.
-// The heap is the first n entries (default: all).
 template <typename T, typename Above>
-void ReplaceTop(std::vector<T>& heap, T value, Above above,
-                size_t n = std::numeric_limits<size_t>::max()) {
-  n = std::min(n, heap.size());
+void ReplaceTop(std::span<T> heap, T value, Above above) {
+  const size_t n = heap.size();
   size_t i = 0;
   for (size_t c = 1; c < n; c = 2 * i + 1) {
     if (c + 1 < n && above(heap[c + 1], heap[c])) ++c;
@@ -1057,7 +1055,8 @@ std::vector<int> Replicate(std::span<const double> w, int slots, int ranks,
     }
     ++count[e];
     --extra;
-    ReplaceTop(heap, MakeKey(-(w[e] / count[e]), e), std::less<>(), heap.size() - full);
+    ReplaceTop(std::span(heap).first(heap.size() - full), MakeKey(-(w[e] / count[e]), e),
+               std::less<>());
   }
   return count;
 }
@@ -1148,7 +1147,7 @@ class Packer {
         last_[r] = e;
         load_[r] += piece;
         // A full rank sinks to the bottom for good.
-        ReplaceTop(heap_, MakeKey(fill_[r] < S_ ? load_[r] : kFull, r), std::less<>());
+        ReplaceTop(std::span(heap_), MakeKey(fill_[r] < S_ ? load_[r] : kFull, r), std::less<>());
         for (const Key s : skipped_) Push(s);
         skipped_.clear();
       }
