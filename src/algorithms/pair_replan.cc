@@ -593,12 +593,7 @@ bool PairReplan::Pair() {
   rank_pair_.assign(R_, -1);
   auto lower = [&](int r) { return std::min(current_[2 * r], current_[2 * r + 1]); };
   auto upper = [&](int r) { return std::max(current_[2 * r], current_[2 * r + 1]); };
-  offsets_.assign(E_ + 1, 0);
-  for (int r : pool_) ++offsets_[lower(r) + 1];
-  for (int e = 0; e < E_; ++e) offsets_[e + 1] += offsets_[e];
-  by_expert_.resize(offsets_[E_]);
-  fill_.assign(offsets_.begin(), offsets_.end() - 1);
-  for (int r : pool_) by_expert_[fill_[lower(r)]++] = r;
+  IndexPool([&](int r, auto to) { to(lower(r)); });
   for (size_t i = 0; i < k; ++i) {
     const int a = std::min(pairs_[i].first, pairs_[i].second);
     const int b = std::max(pairs_[i].first, pairs_[i].second);
@@ -610,22 +605,12 @@ bool PairReplan::Pair() {
       break;
     }
   }
-  // The others: ranks by the experts they hold now (CSR), then augmenting paths.
-  offsets_.assign(E_ + 1, 0);
-  for (int r : pool_) {
-    if (rank_pair_[r] >= 0) continue;
-    ++offsets_[current_[2 * r] + 1];
-    ++offsets_[current_[2 * r + 1] + 1];
-  }
-  for (int e = 0; e < E_; ++e) offsets_[e + 1] += offsets_[e];
-  by_expert_.resize(offsets_[E_]);
-  std::vector<int>& fill = fill_;
-  fill.assign(offsets_.begin(), offsets_.end() - 1);
-  for (int r : pool_) {
-    if (rank_pair_[r] >= 0) continue;
-    by_expert_[fill[current_[2 * r]]++] = r;
-    by_expert_[fill[current_[2 * r + 1]]++] = r;
-  }
+  // The others: ranks without a pair by the experts they hold now, then augmenting paths.
+  IndexPool([&](int r, auto to) {
+    if (rank_pair_[r] >= 0) return;
+    to(current_[2 * r]);
+    to(current_[2 * r + 1]);
+  });
   // A pair first takes a free rank sharing an expert if there is one; augmenting paths then
   // complete a maximum matching. Every matched pair keeps exactly one expert on its rank (two
   // would make it that rank's current pair), so any maximum matching changes as few slots.
@@ -666,6 +651,18 @@ bool PairReplan::Pair() {
     pair_[2 * r + 1] = b;
   }
   return true;
+}
+
+// by_expert_[offsets_[e] .. offsets_[e + 1]): the pool's ranks, in pool order, for which
+// keys(r, to) calls to(e) (a counting sort; fill_ is its cursor per expert).
+template <typename Keys>
+void PairReplan::IndexPool(Keys keys) {
+  offsets_.assign(E_ + 1, 0);
+  for (int r : pool_) keys(r, [&](int e) { ++offsets_[e + 1]; });
+  for (int e = 0; e < E_; ++e) offsets_[e + 1] += offsets_[e];
+  by_expert_.resize(offsets_[E_]);
+  fill_.assign(offsets_.begin(), offsets_.end() - 1);
+  for (int r : pool_) keys(r, [&](int e) { by_expert_[fill_[e]++] = r; });
 }
 
 // Kuhn's augmenting path from pair `root` over the ranks sharing one of its experts, depth first

@@ -65,6 +65,8 @@ class PairReplan {
   bool SettleCounts();
   bool Pool();
   bool Pair();
+  template <typename Keys>
+  void IndexPool(Keys keys);  // by_expert_ / offsets_ (see pair_replan.cc)
   bool Augment(int i);
   int TakeDonor(double need);
 
