@@ -27,6 +27,20 @@ StatusOr<BalanceResult> RunSwift(const LoadMatrix& load, const Shape& shape,
   return (*balancer)->Balance({&load, shape, current});
 }
 
+// The promise of a re-plan from `current`: no layer less balanced in `placed`, and a layer that
+// is not more balanced is left as it was.
+void ExpectNoLayerWorseAndUnchangedWhereNotBetter(const LoadMatrix& load, const Placement& current,
+                                                  const Placement& placed) {
+  for (int l = 0; l < current.layers(); ++l) {
+    const double before = LayerBalancedness(load.row(l), current, l);
+    const double after = LayerBalancedness(load.row(l), placed, l);
+    EXPECT_GE(after, before - 1e-12) << "layer " << l;
+    if (after == before) {
+      EXPECT_EQ(SlotsChangedInLayer(current, placed, l), 0) << "layer " << l;
+    }
+  }
+}
+
 // A generated workload shift at 256 ranks x 2 slots (16 layers): the loads before and after, and
 // swift's placement for the loads before.
 struct GeneratorShift {
@@ -73,14 +87,7 @@ TEST(SwiftTest, IncrementalNeverMakesALayerWorseAndStaysValid) {
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     ASSERT_TRUE(ValidatePlacement(r->placement, shape).ok())
         << ValidatePlacement(r->placement).message();
-    for (int l = 0; l < shape.layers; ++l) {
-      const double before = LayerBalancedness(load.row(l), current, l);
-      const double after = LayerBalancedness(load.row(l), r->placement, l);
-      EXPECT_GE(after, before - 1e-12) << "layer " << l;
-      if (after == before) {
-        EXPECT_EQ(SlotsChangedInLayer(current, r->placement, l), 0) << "layer " << l;
-      }
-    }
+    ExpectNoLayerWorseAndUnchangedWhereNotBetter(load, current, r->placement);
     auto again = RunSwift(load, shape, &current);
     ASSERT_TRUE(again.ok());
     EXPECT_EQ(r->placement, again->placement);
@@ -263,14 +270,7 @@ TEST(SwiftTest, PairReplanIsValidNeverWorseAndDeterministic) {
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     ASSERT_TRUE(ValidatePlacement(r->placement, shape).ok())
         << ValidatePlacement(r->placement).message();
-    for (int l = 0; l < shape.layers; ++l) {
-      const double before = LayerBalancedness(load.row(l), current, l);
-      const double after = LayerBalancedness(load.row(l), r->placement, l);
-      EXPECT_GE(after, before - 1e-12) << "layer " << l;
-      if (after == before) {
-        EXPECT_EQ(SlotsChangedInLayer(current, r->placement, l), 0) << "layer " << l;
-      }
-    }
+    ExpectNoLayerWorseAndUnchangedWhereNotBetter(load, current, r->placement);
     options.threads = 2;
     auto again = RunSwift(load, shape, &current, options);
     ASSERT_TRUE(again.ok());
