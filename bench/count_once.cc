@@ -2,11 +2,12 @@
 // Measured(), for counting its instructions with callgrind, which are exact and the same on any
 // run, where times on a shared machine move by tens of percent:
 //
-//   scripts/count-instructions.sh [fresh|replan] [RANKS SLOTS_PER_RANK] [ALGORITHM]
+//   scripts/count-instructions.sh [fresh|replan|drift] [RANKS SLOTS_PER_RANK] [ALGORITHM]
 //
 // `fresh` places prefill_in4096 from scratch (planned from the id-order placement); `replan`
 // re-plans prefill_in4096's load from swift's placement for prefill_in512 (the after-shift case
-// of eplb_algorithms_bench). Prints the result's balancedness, slots changed and a hash of the
+// of eplb_algorithms_bench); `drift` re-plans prefill_in4096's load, every count scaled by a
+// random factor in [0.8, 1.2], from swift's placement for the unscaled load (BM_Drift). Prints the result's balancedness, slots changed and a hash of the
 // placement (equal hashes: equal placements). Loads come from EPLB_DATA_DIR (default
 // ../shared/data/expert-load); exits 0 with a message when they are absent.
 #include <fmt/format.h>
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 #include <string>
 
 #include "data_dir.h"
@@ -51,8 +53,9 @@ int main(int argc, char** argv) {
     shape.slots_per_rank = std::atoi(argv[3]);
   }
   const std::string algorithm = argc > 4 ? argv[4] : "swift";
-  if ((mode != "fresh" && mode != "replan") || argc == 3 || argc > 5) {
-    fmt::print(stderr, "usage: {} [fresh|replan] [RANKS SLOTS_PER_RANK] [ALGORITHM]\n", argv[0]);
+  if ((mode != "fresh" && mode != "replan" && mode != "drift") || argc == 3 || argc > 5) {
+    fmt::print(stderr, "usage: {} [fresh|replan|drift] [RANKS SLOTS_PER_RANK] [ALGORITHM]\n",
+               argv[0]);
     return 1;
   }
   if (Status s = shape.Validate(); !s.ok()) {
@@ -76,7 +79,15 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "{}: {}\n", argv[0], balancer.status().ToString());
     return 1;
   }
-  const bool replan = mode == "replan";
+  if (mode == "drift") {  // prefill_in4096's placement, its load scaled as BM_Drift scales it
+    a = b;
+    std::mt19937_64 rng(7);
+    std::uniform_real_distribution<double> factor(0.8, 1.2);
+    for (int l = 0; l < b->moe.layers(); ++l) {
+      for (double& v : b->moe.row(l)) v *= factor(rng);
+    }
+  }
+  const bool replan = mode != "fresh";
   const Placement old =
       replan ? (*swift)->Balance({&a->moe, shape, nullptr})->placement : Placement::IdOrder(shape);
   const TransferPlan plan = Measured(**balancer, b->moe, shape, old, replan);
