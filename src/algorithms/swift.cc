@@ -1321,8 +1321,8 @@ class Swift final : public Balancer {
     EPLB_RETURN_IF_ERROR(shape.Validate());
     if (static_cast<int64_t>(shape.ranks) * shape.experts > kMaxRankExperts) {
       return Status::Invalid(fmt::format(
-          "swift: ranks x experts = {} x {} is more than 2^27: its working state takes 5 bytes "
-          "per rank and expert (deepseek has no such limit)",
+          "swift: ranks x experts = {} x {} is more than 2^27: its working state takes up to 6 "
+          "bytes per rank and expert (deepseek has no such limit)",
           shape.ranks, shape.experts));
     }
     return Status::Ok();
@@ -1490,8 +1490,9 @@ class Swift final : public Balancer {
  private:
   static constexpr double kScratchMinGain = 1e-4;
   static constexpr double kRetryStep = 0.015;
-  // LayerState keeps, per rank and expert, whether the rank holds it and the expert's holders:
-  // 5 bytes each, so 2^27 (128 Mi) of them is 640 MiB per thread.
+  // LayerState keeps, per rank and expert, whether the rank holds it (1 byte), the expert's
+  // holders (4) and, in a re-plan, whether the rank held it in the placement in use (1): up to
+  // 6 bytes each, so 2^27 (128 Mi) of them is 768 MiB per thread.
   static constexpr int64_t kMaxRankExperts = int64_t{1} << 27;
   AlgorithmOptions options_;
 };

@@ -427,8 +427,8 @@ TEST(SwiftTest, RejectsBadInputAndOptions) {
   r = RunSwift(LoadMatrix(1, 131072), wide);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(),
-            "swift: ranks x experts = 8192 x 131072 is more than 2^27: its working state takes 5 "
-            "bytes per rank and expert (deepseek has no such limit)");
+            "swift: ranks x experts = 8192 x 131072 is more than 2^27: its working state takes up "
+            "to 6 bytes per rank and expert (deepseek has no such limit)");
   // The same answer without a load, for a caller that checks the shape up front.
   EXPECT_EQ((*MakeBalancer("swift"))->CheckShape(wide).message(), r.status().message());
   EXPECT_TRUE((*MakeBalancer("deepseek"))->CheckShape(wide).ok());

@@ -739,7 +739,7 @@ TEST(ControllerTest, BadConfigurationRegistrationAndLoadsAreRejected) {
   auto wide = Controller::Create(c, {.layers = 2, .experts = 1 << 24}, sixteen[0].get());
   EXPECT_EQ(wide.ok() ? "(created)" : std::string(wide.status().message()),
             "model: swift: ranks x experts = 16 x 16777216 is more than 2^27: its working state "
-            "takes 5 bytes per rank and expert (deepseek has no such limit)");
+            "takes up to 6 bytes per rank and expert (deepseek has no such limit)");
 
   auto ctl = Controller::Create(c, {.layers = 2, .experts = 16}, world[0].get());
   ASSERT_TRUE(ctl.ok());
