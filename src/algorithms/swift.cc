@@ -485,7 +485,16 @@ class ExcessSearch : public LayerState {
     paid_.clear();
     paid_at_.assign(static_cast<size_t>(R_) * S_, -1);
     terms_.resize(R_);
-    for (int e = 0; e < E_; ++e) Refresh(e);
+    for (int e = 0; e < E_; ++e) {
+      // Without a spare replica an expert has no loss and its one slot is no donor, as
+      // donor_cost_ already says: of what Refresh sets, only the gain is left to work out.
+      if (count_[e] >= 2) {
+        Refresh(e);
+      } else {
+        gain_add_[e] = GainAdd(e);
+        loss_remove_[e] = 0;
+      }
+    }
     Descend(budget, min_gain, max_rounds);
     // best_slots_ still holds the placement the search started from: the slot writes up to the
     // best placement turn it into that one.
@@ -639,13 +648,19 @@ class ExcessSearch : public LayerState {
     // Any other expert of a changed rank r kept its count and holders. r's terms in its gain and
     // loss are exactly 0, before and after, when r stays at or below the cap even with the share
     // a lost replica elsewhere would add (as RemoveTerm computes it; none without a spare):
-    // then only another changed holder can change them, and is tested in its turn.
+    // then only another changed holder can change them, and is tested in its turn. Without a
+    // spare such an expert has no loss and its slot is still no donor: only its gain can change.
     for (size_t k = 0; k < changed_.size(); ++k) {
       const int r = changed_[k];
       const double high = std::max(was_[k], load_[r]);
       for (int t = 0; t < S_; ++t) {
         const int e = slot_[r * S_ + t];
-        if (high > cap_ || (count_[e] >= 2 && high + (PieceLess(e) - Piece(e)) > cap_)) refresh(e);
+        if (count_[e] >= 2) {
+          if (high > cap_ || high + (PieceLess(e) - Piece(e)) > cap_) refresh(e);
+        } else if (high > cap_ && refreshed_[e] != applies_) {
+          refreshed_[e] = applies_;
+          gain_add_[e] = GainAdd(e);
+        }
       }
     }
   }
