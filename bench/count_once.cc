@@ -2,13 +2,14 @@
 // Measured(), for counting its instructions with callgrind, which are exact and the same on any
 // run, where times on a shared machine move by tens of percent:
 //
-//   scripts/count-instructions.sh [fresh|replan|drift] [RANKS SLOTS_PER_RANK] [ALGORITHM]
+//   scripts/count-instructions.sh [fresh|replan|drift] [RANKS SLOTS_PER_RANK] [ALGORITHM] [NODES]
 //
 // `fresh` places prefill_in4096 from scratch (planned from the id-order placement); `replan`
 // re-plans prefill_in4096's load from swift's placement for prefill_in512 (the after-shift case
 // of eplb_algorithms_bench); `drift` re-plans prefill_in4096's load, every count scaled by a
-// random factor in [0.8, 1.2], from swift's placement for the unscaled load (BM_Drift). Prints the result's balancedness, slots changed and a hash of the
-// placement (equal hashes: equal placements). Loads come from EPLB_DATA_DIR (default
+// random factor in [0.8, 1.2], from swift's placement for the unscaled load (BM_Drift). Prints the
+// result's balancedness, slots changed and a hash of the placement (equal hashes: equal
+// placements). Loads come from EPLB_DATA_DIR (default
 // ../shared/data/expert-load); exits 0 with a message when they are absent.
 #include <fmt/format.h>
 
@@ -53,8 +54,10 @@ int main(int argc, char** argv) {
     shape.slots_per_rank = std::atoi(argv[3]);
   }
   const std::string algorithm = argc > 4 ? argv[4] : "swift";
-  if ((mode != "fresh" && mode != "replan" && mode != "drift") || argc == 3 || argc > 5) {
-    fmt::print(stderr, "usage: {} [fresh|replan|drift] [RANKS SLOTS_PER_RANK] [ALGORITHM]\n",
+  if (argc > 5) shape.nodes = std::atoi(argv[5]);
+  if ((mode != "fresh" && mode != "replan" && mode != "drift") || argc == 3 || argc > 6) {
+    fmt::print(stderr,
+               "usage: {} [fresh|replan|drift] [RANKS SLOTS_PER_RANK] [ALGORITHM] [NODES]\n",
                argv[0]);
     return 1;
   }
@@ -94,10 +97,11 @@ int main(int argc, char** argv) {
   uint64_t hash = 1469598103934665603ull;  // FNV-1a over the final phy2log
   for (int id : plan.final_placement.phy2log())
     hash = (hash ^ static_cast<uint64_t>(id)) * 1099511628211ull;
-  fmt::print("{} {} {}x{}: balancedness {:.4f} -> {:.4f}, {:.2f}% of slots changed, hash {:016x}\n",
-             mode, algorithm, shape.ranks, shape.slots_per_rank, MeanBalancedness(b->moe, old),
-             MeanBalancedness(b->moe, plan.final_placement),
-             100.0 * static_cast<double>(plan.slots_changed) / (shape.layers * shape.slots()),
-             hash);
+  fmt::print(
+      "{} {} {}x{}{}: balancedness {:.4f} -> {:.4f}, {:.2f}% of slots changed, hash {:016x}\n",
+      mode, algorithm, shape.ranks, shape.slots_per_rank,
+      shape.nodes > 1 ? fmt::format(" on {} nodes", shape.nodes) : "",
+      MeanBalancedness(b->moe, old), MeanBalancedness(b->moe, plan.final_placement),
+      100.0 * static_cast<double>(plan.slots_changed) / (shape.layers * shape.slots()), hash);
   return 0;
 }

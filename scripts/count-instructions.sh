@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Counts the instructions of one full-model rebalance with callgrind (exact and repeatable, where
 # times on a shared machine are not): build/bench/eplb_count_once's Measured() call only.
-#   scripts/count-instructions.sh [fresh|replan|drift] [RANKS SLOTS_PER_RANK] [ALGORITHM]
+#   scripts/count-instructions.sh [fresh|replan|drift] [RANKS SLOTS_PER_RANK] [ALGORITHM] [NODES]
 # Needs valgrind (`scripts/install-deps.sh perf`) and the release build (`make build`).
 set -euo pipefail
 BUILD="${BUILD:-build}"

@@ -32,6 +32,23 @@
 // phase 2 reached, then with caps 1%, 2.5% and 5% above the last one (or above the lowest peak
 // reached, if higher); the first attempt that reaches its cap is kept.
 //
+// On several nodes, with copies between nodes weighed (Run's ranks_per_node, inter_node_cost >
+// 1), a slot whose expert no rank of its node held weighs inter_node_cost changes. The phases
+// and the pairs stay those that ignore nodes, so the rank loads and the peak do too; what nodes
+// change is where the pairs go and what follows: phase 4's matching first takes only ranks whose
+// node held the pair's other expert (which then arrives from inside the node) before it
+// completes a maximum matching as before, so as many slots change; the pairs left over go to the
+// ranks left whose node held most of their experts; then Localize exchanges experts that arrived
+// from another node with slots on nodes that held them, where that lowers the weighed changes
+// (above 2, trading a changed slot for a copy saved) and keeps every rank at most the peak. The
+// room is small (after phase 4 most pool ranks sit within 2% of C, so which experts must arrive
+// where is mostly fixed by the loads): after a shift at 256 x 2 on 32 nodes 23.8% of the slots
+// are copied between nodes instead of 26.6%, at the same balancedness (0.968) and slots
+// changed. Tried and left out: pairing the pool's pieces within nodes first (keeping the rest
+// pairable by Hall's condition on a tree) reached 22.5% for 50% more instructions; growing the
+// pool from the node of the piece that needs a partner, a pool per node first, and ties in
+// BestRemoval towards ranks whose node held the expert gained nothing or changed more slots.
+//
 // Every loop runs in a fixed order and every tie goes to the first candidate (lower expert or
 // rank), so the result is a deterministic function of its input.
 #include "algorithms/pair_replan.h"
@@ -42,6 +59,8 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <type_traits>
+#include <utility>
 
 namespace eplb {
 namespace {
@@ -50,6 +69,7 @@ constexpr int kCandidates = 65;    // releases BestRemoval compares
 constexpr int kMaxReplicas = 8;    // most replicas phase 1 adds to one expert at once
 constexpr double kOverWeight = 2;  // an over rank fixed is worth this many slots changed
 constexpr int kStall = 8;          // phase 2's moves without a lower peak before it gives up
+constexpr int kLocalizePasses = 2;  // Localize's passes at most (a third found ~nothing)
 // Attempts at a cap the counts cannot reach: the second just above the lowest peak they reached,
 // then caps looser by these factors, each on the last (an attempt at a looser cap takes another
 // greedy path, which may stop higher).
@@ -132,13 +152,19 @@ bool PoolOrder(const PairReplan::Entry& x, const PairReplan::Entry& y) {
 }  // namespace
 
 bool PairReplan::Run(std::span<const double> w, std::span<const int> current, int ranks,
-                     double target, std::vector<int>& out, Result& result) {
+                     int ranks_per_node, double inter_node_cost, double target,
+                     std::vector<int>& out, Result& result) {
   w_ = w;
   current_ = current;
   R_ = ranks;
   E_ = static_cast<int>(w.size());
   const double total = std::accumulate(w.begin(), w.end(), 0.0);
   if (!(total > 0) || !(target > 0)) return false;
+  const bool nodes = ranks_per_node > 0 && ranks_per_node < ranks && ranks % ranks_per_node == 0 &&
+                     inter_node_cost > 1;
+  rpn_ = nodes ? ranks_per_node : 0;
+  inter_node_cost_ = nodes ? inter_node_cost : 1;
+  if (nodes) StartNodes();
   double cap = total / R_ / target;
   last_peak_ = 0;
   for (int attempt = 1; attempt <= kAttempts; ++attempt) {
@@ -165,7 +191,9 @@ bool PairReplan::Attempt(double cap) {
   cap_ = cap;
   Start();
   CountMoves();
-  return SettleCounts() && Pool() && Pair();
+  if (!(SettleCounts() && Pool() && Pair())) return false;
+  if (rpn_ > 0) Localize();
+  return true;
 }
 
 void PairReplan::Start() {
@@ -614,41 +642,62 @@ bool PairReplan::Pair() {
   // A pair first takes a free rank sharing an expert if there is one; augmenting paths then
   // complete a maximum matching. Every matched pair keeps exactly one expert on its rank (two
   // would make it that rank's current pair), so any maximum matching changes as few slots.
-  for (size_t i = 0; i < k; ++i) {
-    if (pair_rank_[i] >= 0) continue;
-    for (int e : {pairs_[i].first, pairs_[i].second}) {
-      for (int t = offsets_[e]; t < offsets_[e + 1] && pair_rank_[i] < 0; ++t) {
-        const int r = by_expert_[t];
-        if (rank_pair_[r] >= 0) continue;
-        rank_pair_[r] = static_cast<int>(i);
-        pair_rank_[i] = r;
+  // With nodes weighed, a first round matches only where the rank's node held the pair's other
+  // expert (which then comes from the rank's own node); the second completes it to a maximum
+  // matching (augmenting from any matching reaches one), its paths free to move those pairs
+  // (paths that leave them in place changed more slots than they saved copies between nodes).
+  auto match = [&](auto local_only) {  // std::true_type or std::false_type
+    constexpr bool kLocalOnly = decltype(local_only)::value;
+    for (size_t i = 0; i < k; ++i) {
+      if (pair_rank_[i] >= 0) continue;
+      for (const auto& [e, other] : {pairs_[i], std::pair{pairs_[i].second, pairs_[i].first}}) {
+        for (int t = offsets_[e]; t < offsets_[e + 1] && pair_rank_[i] < 0; ++t) {
+          const int r = by_expert_[t];
+          if (rank_pair_[r] >= 0 || (kLocalOnly && !Held(r, other))) continue;
+          rank_pair_[r] = static_cast<int>(i);
+          pair_rank_[i] = r;
+        }
       }
     }
-  }
-  seen_.assign(R_, 0);
-  // The marks of a search that found no path stay: the matching did not change, so no rank it
-  // reached leads to a free rank in the next search either.
-  seen_no_ = 1;
-  for (size_t i = 0; i < k; ++i) {
-    if (pair_rank_[i] < 0 && Augment(static_cast<int>(i))) ++seen_no_;
-  }
+    seen_.assign(R_, 0);
+    // The marks of a search that found no path stay: the matching did not change, so no rank it
+    // reached leads to a free rank in the next search either.
+    seen_no_ = 1;
+    for (size_t i = 0; i < k; ++i) {
+      if (pair_rank_[i] < 0 && Augment<kLocalOnly>(static_cast<int>(i))) ++seen_no_;
+    }
+  };
+  if (rpn_ > 0) match(std::true_type{});
+  match(std::false_type{});
   std::vector<int>& left = fill_;  // the pool's ranks without a pair
   left.clear();
   for (int r : pool_) {
     if (rank_pair_[r] < 0) left.push_back(r);
   }
+  // The others to the ranks left: the last one, or with nodes weighed the last of those whose
+  // node held most of the pair's experts.
   for (size_t i = 0; i < k; ++i) {
     if (pair_rank_[i] >= 0) continue;
-    pair_rank_[i] = left.back();
-    left.pop_back();
+    size_t at = left.size() - 1;
+    if (rpn_ > 0) {
+      int most = -1;
+      for (size_t t = left.size(); t-- > 0;) {
+        const int held = Held(left[t], pairs_[i].first) + Held(left[t], pairs_[i].second);
+        if (held > most) {
+          most = held;
+          at = t;
+        }
+      }
+    }
+    pair_rank_[i] = left[at];
+    left.erase(left.begin() + at);
   }
   // Each pair onto its rank, an expert the rank keeps in its slot.
   for (size_t i = 0; i < k; ++i) {
     const int r = pair_rank_[i];
-    auto [a, b] = pairs_[i];
-    if (a == current_[2 * r + 1] || b == current_[2 * r]) std::swap(a, b);
-    pair_[2 * r] = a;
-    pair_[2 * r + 1] = b;
+    pair_[2 * r] = pairs_[i].first;
+    pair_[2 * r + 1] = pairs_[i].second;
+    KeepSlots(r);
   }
   return true;
 }
@@ -666,7 +715,9 @@ void PairReplan::IndexPool(Keys keys) {
 }
 
 // Kuhn's augmenting path from pair `root` over the ranks sharing one of its experts, depth first
-// with an explicit stack (a pool can hold every rank, too many for the call stack).
+// with an explicit stack (a pool can hold every rank, too many for the call stack). kLocalOnly:
+// only over ranks whose node held the pair's other expert.
+template <bool kLocalOnly>
 bool PairReplan::Augment(int root) {
   auto first_of = [&](int i) {  // pair i's step, at the ranks of its first expert
     const int e = pairs_[i].first;
@@ -689,6 +740,7 @@ bool PairReplan::Augment(int root) {
     }
     const int r = by_expert_[f.next++];
     if (seen_[r] == seen_no_) continue;
+    if (kLocalOnly && !Held(r, f.second ? pairs_[f.pair].first : pairs_[f.pair].second)) continue;
     seen_[r] = seen_no_;
     f.rank = r;
     if (rank_pair_[r] >= 0) {
@@ -703,6 +755,71 @@ bool PairReplan::Augment(int root) {
     return true;
   }
   return false;
+}
+
+// node_has_ and nodes_of_ from the placement in use (fill_ as the cursor): slots run node by node,
+// so each expert's nodes come out ascending.
+void PairReplan::StartNodes() {
+  node_has_.assign(static_cast<size_t>(R_ / rpn_) * E_, 0);
+  node_offsets_.assign(E_ + 1, 0);
+  for (int i = 0; i < 2 * R_; ++i) {
+    uint8_t& has = node_has_[static_cast<size_t>(i / 2 / rpn_) * E_ + current_[i]];
+    if (!has) ++node_offsets_[current_[i] + 1];
+    has = 1;
+  }
+  for (int e = 0; e < E_; ++e) node_offsets_[e + 1] += node_offsets_[e];
+  nodes_of_.resize(node_offsets_[E_]);
+  fill_.assign(node_offsets_.begin(), node_offsets_.end() - 1);
+  for (int i = 0; i < 2 * R_; ++i) {
+    const int n = i / 2 / rpn_, e = current_[i];
+    if (fill_[e] == node_offsets_[e] || nodes_of_[fill_[e] - 1] != n) nodes_of_[fill_[e]++] = n;
+  }
+}
+
+// Pair() keeps as many experts on their ranks as it can, and its first round of matching takes
+// nodes into account, but the sorted pairing does not: most of its arrivals still come from
+// other nodes. Here an expert e that arrived from another node on rank r is exchanged with the
+// expert f in a slot of a rank r2 on a node that held e (only there can e weigh less), where that
+// lowers the weighed changes (Weight) and keeps both ranks at most the layer's peak, so the
+// balancedness stays what it was. Each exchange lowers the weighed sum, so passes would end by
+// themselves; ties go to the first found (nodes, ranks and slots ascending). The holders (hold_)
+// are not kept up to date: nothing after reads them.
+void PairReplan::Localize() {
+  double peak = 0;
+  for (int r = 0; r < R_; ++r) {
+    peak = std::max(peak, piece_[pair_[2 * r]] + piece_[pair_[2 * r + 1]]);
+  }
+  for (int pass = 0; pass < kLocalizePasses; ++pass) {
+    bool exchanged = false;
+    for (int i = 0; i < 2 * R_; ++i) {  // slot i of rank r holds e, beside x
+      const int r = i / 2, e = pair_[i], x = pair_[i ^ 1];
+      const double now = Weight(r, e);
+      if (!(now > 1)) continue;
+      int best = -1;
+      double best_gain = 0;
+      for (int t = node_offsets_[e]; t < node_offsets_[e + 1]; ++t) {
+        const int first = 2 * nodes_of_[t] * rpn_;
+        for (int j = first; j < first + 2 * rpn_; ++j) {  // slot j of rank r2 holds f, beside y
+          const int r2 = j / 2, f = pair_[j], y = pair_[j ^ 1];
+          // f == e changes nothing; f == x or y == e would put one expert twice on a rank.
+          if (f == e || f == x || y == e) continue;
+          if (piece_[x] + piece_[f] > peak || piece_[y] + piece_[e] > peak) continue;
+          // Sums of the same few weights, so equal sums compare equal.
+          const double gain = (now + Weight(r2, f)) - (Weight(r, f) + Weight(r2, e));
+          if (gain > best_gain) {
+            best_gain = gain;
+            best = j;
+          }
+        }
+      }
+      if (best < 0) continue;
+      std::swap(pair_[i], pair_[best]);
+      KeepSlots(r);
+      KeepSlots(best / 2);
+      exchanged = true;
+    }
+    if (!exchanged) break;
+  }
 }
 
 }  // namespace eplb

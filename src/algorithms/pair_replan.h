@@ -26,9 +26,13 @@ class PairReplan {
   };
   // Re-plans a layer whose placement in use is `current` (2 x ranks expert ids, every expert held)
   // for the loads `w` towards balancedness `target`, writing the new layer to `out`. Returns false
-  // when it found no placement (the caller keeps another one).
-  bool Run(std::span<const double> w, std::span<const int> current, int ranks, double target,
-           std::vector<int>& out, Result& result);
+  // when it found no placement (the caller keeps another one). Nodes are weighed when
+  // ranks_per_node divides ranks into several nodes and inter_node_cost > 1: a slot whose expert
+  // no rank of its node held in `current` (a copy between nodes) then weighs inter_node_cost
+  // changes, which the pairing and Localize lower without raising the peak. Otherwise (0,
+  // ranks_per_node == ranks, or inter_node_cost 1) nodes play no part.
+  bool Run(std::span<const double> w, std::span<const int> current, int ranks, int ranks_per_node,
+           double inter_node_cost, double target, std::vector<int>& out, Result& result);
 
  private:
   bool Attempt(double cap);  // one re-plan for the cap C on rank loads
@@ -65,10 +69,27 @@ class PairReplan {
   bool SettleCounts();
   bool Pool();
   bool Pair();
+  // An expert rank r held in the placement in use goes back to the slot it was in (r's two
+  // experts differ, so at most one order does that).
+  void KeepSlots(int r) {
+    if (pair_[2 * r] == current_[2 * r + 1] || pair_[2 * r + 1] == current_[2 * r]) {
+      std::swap(pair_[2 * r], pair_[2 * r + 1]);
+    }
+  }
   template <typename Keys>
   void IndexPool(Keys keys);  // by_expert_ / offsets_ (see pair_replan.cc)
+  template <bool kLocalOnly>
   bool Augment(int i);
   int TakeDonor(double need);
+  // Nodes, where weighed (rpn_ > 0).
+  void StartNodes();
+  void Localize();
+  // Whether a rank of r's node held e in the placement in use.
+  bool Held(int r, int e) const { return node_has_[static_cast<size_t>(r / rpn_) * E_ + e]; }
+  // What e on rank r weighs: 0 where r held it, else 1, or inter_node_cost_ where its node did not.
+  double Weight(int r, int e) const {
+    return !Arrived(r, e) ? 0 : Held(r, e) ? 1 : inter_node_cost_;
+  }
 
   std::span<const double> w_;
   std::span<const int> current_;
@@ -130,6 +151,13 @@ class PairReplan {
   };
   std::vector<Step> path_;
   int seen_no_ = 0;
+  // Nodes: ranks per node (0: nodes not weighed), what a copy between nodes weighs, and per
+  // (node, expert) whether a rank of the node held the expert; per expert, those nodes
+  // ascending (CSR).
+  int rpn_ = 0;
+  double inter_node_cost_ = 1;
+  std::vector<uint8_t> node_has_;
+  std::vector<int> node_offsets_, nodes_of_;
 };
 
 }  // namespace eplb

@@ -1439,8 +1439,8 @@ class Swift final : public Balancer {
       auto balance_layer = [&](int l, int64_t budget, Replan& w) {
         PairReplan::Result paired;
         if (by_pairs &&
-            w.pairs.Run(load.row(l), current.layer(l), shape.ranks, options_.target_balancedness,
-                        w.paired, paired) &&
+            w.pairs.Run(load.row(l), current.layer(l), shape.ranks, shape.ranks_per_node(),
+                        options_.inter_node_cost, options_.target_balancedness, w.paired, paired) &&
             paired.changes > 0 && paired.balancedness > before[l]) {
           std::copy(w.paired.begin(), w.paired.end(), ids.begin() + static_cast<size_t>(l) * slots);
           return paired.changes;
