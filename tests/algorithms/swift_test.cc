@@ -41,6 +41,14 @@ void ExpectNoLayerWorseAndUnchangedWhereNotBetter(const LoadMatrix& load, const 
   }
 }
 
+// Copies between nodes: expert copies whose source and destination nodes differ (the planner
+// takes a source on the destination's node whenever one holds the expert).
+int64_t CopiesBetweenNodes(const Placement& from, const Placement& to, const Shape& shape) {
+  auto plan = PlanTransfers(from, to, shape, {.expert_bytes = 1});
+  EXPECT_TRUE(plan.ok()) << plan.status().ToString();
+  return plan.ok() ? plan->inter_node_bytes : -1;
+}
+
 // A generated workload shift at 256 ranks x 2 slots (16 layers): the loads before and after, and
 // swift's placement for the loads before.
 struct GeneratorShift {
@@ -232,6 +240,40 @@ TEST(SwiftTest, TwoSlotsPerRankRePairTheLayerToTheTarget) {
   EXPECT_LE(changed, 0.26);
 }
 
+TEST(SwiftTest, TwoSlotsPerRankOnNodesRePairTheLayerCopyingFewerExpertsBetweenNodes) {
+  // The same shift on 32 nodes of 8 ranks: weighing copies between nodes (the default 2) keeps
+  // the pairing re-plan (the excess search stops near 0.94) at the balancedness it reaches
+  // ignoring nodes, and copies fewer experts between nodes. Now 0.9680 either way, with 1864
+  // copies between nodes instead of 1943 (on 4 nodes 1244 instead of 1356) and 2001 slots
+  // changed instead of 2003. Modest: the sorted pairing leaves little room (pool ranks end
+  // within 2% of the cap), so which experts arrive where is mostly fixed by the loads.
+  GeneratorShift s = MakeGeneratorShift();
+  s.shape.nodes = 32;
+  auto ignored = RunSwift(s.after, s.shape, &s.placed, {.inter_node_cost = 1});
+  auto weighed = RunSwift(s.after, s.shape, &s.placed);
+  ASSERT_TRUE(ignored.ok() && weighed.ok());
+  ASSERT_TRUE(ValidatePlacement(weighed->placement, s.shape).ok());
+  const double bal_ignored = MeanBalancedness(s.after, ignored->placement);
+  const double bal_weighed = MeanBalancedness(s.after, weighed->placement);
+  const int64_t between_ignored = CopiesBetweenNodes(s.placed, ignored->placement, s.shape);
+  const int64_t between_weighed = CopiesBetweenNodes(s.placed, weighed->placement, s.shape);
+  const int64_t changed_ignored = SlotsChanged(s.placed, ignored->placement);
+  const int64_t changed_weighed = SlotsChanged(s.placed, weighed->placement);
+  std::printf(
+      "256x2 generator shift on 32 nodes: %.4f (ignoring nodes %.4f), %lld copies between nodes "
+      "(%lld), %lld slots changed (%lld)\n",
+      bal_weighed, bal_ignored, static_cast<long long>(between_weighed),
+      static_cast<long long>(between_ignored), static_cast<long long>(changed_weighed),
+      static_cast<long long>(changed_ignored));
+  EXPECT_GE(bal_weighed, 0.96);
+  EXPECT_GE(bal_weighed, bal_ignored - 0.001);
+  EXPECT_LE(between_weighed, 0.97 * between_ignored);
+  EXPECT_LE(changed_weighed, changed_ignored);
+  auto again = RunSwift(s.after, s.shape, &s.placed, {.threads = 2});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->placement, weighed->placement);
+}
+
 TEST(SwiftTest, TwoSlotsPerRankAnUnreachableTargetStillReachesTheReachableBalance) {
   // A target the replica counts cannot reach makes the pairing re-plan retry with looser caps;
   // the caps must stay close enough that asking for more never ends much below what the default
@@ -298,14 +340,6 @@ TEST(SwiftTest, NodesWeighNothingAtInterNodeCostOneOrOnOneNode) {
     ASSERT_TRUE(heavy.ok()) << heavy.status().ToString();
     EXPECT_EQ(heavy->placement, plain->placement);
   }
-}
-
-// Copies between nodes: expert copies whose source and destination nodes differ (the planner
-// takes a source on the destination's node whenever one holds the expert).
-int64_t CopiesBetweenNodes(const Placement& from, const Placement& to, const Shape& shape) {
-  auto plan = PlanTransfers(from, to, shape, {.expert_bytes = 1});
-  EXPECT_TRUE(plan.ok()) << plan.status().ToString();
-  return plan.ok() ? plan->inter_node_bytes : -1;
 }
 
 TEST(SwiftTest, WeighingNodesCopiesFewerExpertsBetweenNodes) {
