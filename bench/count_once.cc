@@ -8,8 +8,8 @@
 // re-plans prefill_in4096's load from swift's placement for prefill_in512 (the after-shift case
 // of eplb_algorithms_bench); `drift` re-plans prefill_in4096's load, every count scaled by a
 // random factor in [0.8, 1.2], from swift's placement for the unscaled load (BM_Drift). Prints the
-// result's balancedness, slots changed and a hash of the placement (equal hashes: equal
-// placements). Loads come from EPLB_DATA_DIR (default
+// result's balancedness, slots changed, a hash of the placement (equal hashes: equal placements)
+// and one of the whole transfer plan (copies and totals). Loads come from EPLB_DATA_DIR (default
 // ../shared/data/expert-load); exits 0 with a message when they are absent.
 #include <fmt/format.h>
 
@@ -95,13 +95,25 @@ int main(int argc, char** argv) {
       replan ? (*swift)->Balance({&a->moe, shape, nullptr})->placement : Placement::IdOrder(shape);
   const TransferPlan plan = Measured(**balancer, b->moe, shape, old, replan);
   uint64_t hash = 1469598103934665603ull;  // FNV-1a over the final phy2log
-  for (int id : plan.final_placement.phy2log())
-    hash = (hash ^ static_cast<uint64_t>(id)) * 1099511628211ull;
+  auto mix = [](uint64_t& h, int64_t v) { h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull; };
+  for (int id : plan.final_placement.phy2log()) mix(hash, id);
+  uint64_t plan_hash = hash;  // ... then every copy and the per-rank totals
+  for (const ExpertCopy& c : plan.copies) {
+    for (int64_t v : {c.layer, c.expert, c.dst_rank, c.dst_slot, c.src_rank, c.src_slot}) {
+      mix(plan_hash, v);
+    }
+    mix(plan_hash, int64_t{c.local} * 2 + c.reads_overwritten_slot);
+  }
+  for (int64_t v : plan.bytes_sent) mix(plan_hash, v);
+  for (int64_t v : plan.bytes_received) mix(plan_hash, v);
+  for (int64_t v : {plan.inter_node_bytes, plan.local_copies, plan.slots_changed}) mix(plan_hash, v);
   fmt::print(
-      "{} {} {}x{}{}: balancedness {:.4f} -> {:.4f}, {:.2f}% of slots changed, hash {:016x}\n",
+      "{} {} {}x{}{}: balancedness {:.4f} -> {:.4f}, {:.2f}% of slots changed, hash {:016x}, "
+      "plan hash {:016x}\n",
       mode, algorithm, shape.ranks, shape.slots_per_rank,
       shape.nodes > 1 ? fmt::format(" on {} nodes", shape.nodes) : "",
       MeanBalancedness(b->moe, old), MeanBalancedness(b->moe, plan.final_placement),
-      100.0 * static_cast<double>(plan.slots_changed) / (shape.layers * shape.slots()), hash);
+      100.0 * static_cast<double>(plan.slots_changed) / (shape.layers * shape.slots()), hash,
+      plan_hash);
   return 0;
 }
