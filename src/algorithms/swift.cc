@@ -528,7 +528,7 @@ class ExcessSearch : public LayerState {
           // A source's step is searched again now and goes back in line by its new value;
           // a replication waits for the next round (its donors' costs are a round old).
           if (c.kind == Step::kReplicate || !(load_[c.slot_a / S_] > cap_)) continue;
-          const Step again = BestFrom(c.slot_a / S_);
+          const Step again = BestFrom(c.slot_a / S_, floor);
           if (again.kind == Step::kNone) continue;
           steps_.insert(
               std::upper_bound(steps_.begin() + i + 1, steps_.end(), again,
@@ -780,24 +780,39 @@ class ExcessSearch : public LayerState {
 
   // steps_ = the best step per overloaded rank (swap or release) and per hot expert
   // (replicate), best first; ties keep the order of collection.
+  // A source's step below kRoundFraction of the round's best step is never applied in the round
+  // (Descend's floor) and is searched again in the next, so each source is searched only for
+  // steps at least kRoundFraction of the best step found before it: the best step only rises as
+  // more are found, so the round's best, its floor and the steps above it stay what a full search
+  // of every source gives. Replications are searched in full: each takes its donor rank from the
+  // later ones, and which are searched depends on the round's best.
   void CollectSteps() {
     steps_.clear();
+    double floor = 0;
     for (size_t k = 0; k < overloaded_.size() && k < kSources; ++k) {
-      const Step best = BestFrom(overloaded_[k]);
-      if (best.kind != Step::kNone) steps_.push_back(best);
+      const Step best = BestFrom(overloaded_[k], floor);
+      if (best.kind == Step::kNone) continue;
+      steps_.push_back(best);
+      floor = std::max(floor, kRoundFraction * best.value);
     }
     CollectReplications();
     std::stable_sort(steps_.begin(), steps_.end(),
                      [](const Step& a, const Step& b) { return a.value > b.value; });
   }
 
-  // The best swap or release of source rank h (kNone if none removes excess).
-  Step BestFrom(int h) { return NodeAware() ? BestFrom<true>(h) : BestFrom<false>(h); }
+  // The best swap or release of source rank h worth at least `floor` (kNone if none removes
+  // excess or none is worth that much).
+  Step BestFrom(int h, double floor) {
+    return NodeAware() ? BestFrom<true>(h, floor) : BestFrom<false>(h, floor);
+  }
   // kNodes: changes are weighed by node (a separate instance keeps the single-node loop lean).
   template <bool kNodes>
-  Step BestFrom(int h) {
+  Step BestFrom(int h, double floor) {
     const int partners = std::min(R_, std::max(4, kPairBudget / (S_ * S_)));
     Step best;
+    // A step replaces best only when worth more: just below the floor, a step worth exactly the
+    // floor still does, and every bound below prunes what cannot reach it.
+    if (floor > 0) best.value = std::nextafter(floor, 0.0);
     const double lh = load_[h];
     const double exc_h = Exc(lh);
     double top_gain = 0;  // hot_ is sorted by gain at the round's start, not after its steps
