@@ -106,7 +106,8 @@ int main(int argc, char** argv) {
   }
   for (int64_t v : plan.bytes_sent) mix(plan_hash, v);
   for (int64_t v : plan.bytes_received) mix(plan_hash, v);
-  for (int64_t v : {plan.inter_node_bytes, plan.local_copies, plan.slots_changed}) mix(plan_hash, v);
+  for (int64_t v : {plan.inter_node_bytes, plan.local_copies, plan.slots_changed})
+    mix(plan_hash, v);
   fmt::print(
       "{} {} {}x{}{}: balancedness {:.4f} -> {:.4f}, {:.2f}% of slots changed, hash {:016x}, "
       "plan hash {:016x}\n",

@@ -65,10 +65,10 @@
 namespace eplb {
 namespace {
 
-constexpr int kCandidates = 65;    // releases BestRemoval compares
-constexpr int kMaxReplicas = 8;    // most replicas phase 1 adds to one expert at once
-constexpr double kOverWeight = 2;  // an over rank fixed is worth this many slots changed
-constexpr int kStall = 8;          // phase 2's moves without a lower peak before it gives up
+constexpr int kCandidates = 65;     // releases BestRemoval compares
+constexpr int kMaxReplicas = 8;     // most replicas phase 1 adds to one expert at once
+constexpr double kOverWeight = 2;   // an over rank fixed is worth this many slots changed
+constexpr int kStall = 8;           // phase 2's moves without a lower peak before it gives up
 constexpr int kLocalizePasses = 2;  // Localize's passes at most (a third found ~nothing)
 // Attempts at a cap the counts cannot reach: the second just above the lowest peak they reached,
 // then caps looser by these factors, each on the last (an attempt at a looser cap takes another

@@ -64,8 +64,8 @@ TEST(PairReplanTest, OnNodesKeepsTheBalanceAndCopiesFewerExpertsBetweenNodes) {
     PairReplan blind, aware, again;
     std::vector<int> out_blind, out_aware, out_again;
     PairReplan::Result r_blind, r_aware, r_again;
-    const bool ok_blind = blind.Run(load.row(0), current.layer(0), shape.ranks, 0, 1.0, target,
-                                    out_blind, r_blind);
+    const bool ok_blind =
+        blind.Run(load.row(0), current.layer(0), shape.ranks, 0, 1.0, target, out_blind, r_blind);
     const bool ok_aware = aware.Run(load.row(0), current.layer(0), shape.ranks, ranks_per_node,
                                     cost, target, out_aware, r_aware);
     ASSERT_EQ(ok_aware, ok_blind);
@@ -81,9 +81,9 @@ TEST(PairReplanTest, OnNodesKeepsTheBalanceAndCopiesFewerExpertsBetweenNodes) {
                           out_again, r_again));
     EXPECT_EQ(out_again, out_aware);
   }
-  std::printf("%d layers re-planned; copies between nodes: %lld ignoring nodes, %lld weighing them\n",
-              replanned, static_cast<long long>(between_blind),
-              static_cast<long long>(between_nodes));
+  std::printf(
+      "%d layers re-planned; copies between nodes: %lld ignoring nodes, %lld weighing them\n",
+      replanned, static_cast<long long>(between_blind), static_cast<long long>(between_nodes));
   EXPECT_GT(replanned, 200);
   EXPECT_LE(between_nodes, 0.9 * between_blind);
 }
