@@ -5,7 +5,6 @@
 #include <benchmark/benchmark.h>
 
 #include <filesystem>
-#include <random>
 #include <string>
 
 #include "data_dir.h"
@@ -110,19 +109,11 @@ void BM_AfterShiftThreads(benchmark::State& state) {
   TimeReplan(state, "swift", a, b, static_cast<int>(state.range(2)));
 }
 
-// Steady state: the placement swift built for prefill_in4096, and the same load with every
-// expert's count scaled by a random factor in [0.8, 1.2] (fixed seed), as consecutive windows of
-// one workload differ.
+// Steady state: the placement swift built for prefill_in4096, and its load drifted (Drifted).
 void BM_Drift(benchmark::State& state, const char* algorithm) {
   LoadMatrix a;
   if (!LoadOrSkip(state, "prefill_in4096", &a)) return;
-  LoadMatrix b = a;
-  std::mt19937_64 rng(7);
-  std::uniform_real_distribution<double> factor(0.8, 1.2);
-  for (int l = 0; l < b.layers(); ++l) {
-    for (double& v : b.row(l)) v *= factor(rng);
-  }
-  TimeReplan(state, algorithm, a, b);
+  TimeReplan(state, algorithm, a, bench::Drifted(a));
 }
 
 BENCHMARK_CAPTURE(BM_FromScratch, swift, "swift")

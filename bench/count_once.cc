@@ -16,7 +16,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
-#include <random>
 #include <string>
 
 #include "data_dir.h"
@@ -82,13 +81,9 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "{}: {}\n", argv[0], balancer.status().ToString());
     return 1;
   }
-  if (mode == "drift") {  // prefill_in4096's placement, its load scaled as BM_Drift scales it
+  if (mode == "drift") {  // prefill_in4096's placement, its load drifted as BM_Drift's
     a = b;
-    std::mt19937_64 rng(7);
-    std::uniform_real_distribution<double> factor(0.8, 1.2);
-    for (int l = 0; l < b->moe.layers(); ++l) {
-      for (double& v : b->moe.row(l)) v *= factor(rng);
-    }
+    b->moe = bench::Drifted(b->moe);
   }
   const bool replan = mode != "fresh";
   const Placement old =
