@@ -488,16 +488,7 @@ class ExcessSearch : public LayerState {
     paid_.clear();
     paid_at_.assign(static_cast<size_t>(R_) * S_, -1);
     terms_.resize(R_);
-    for (int e = 0; e < E_; ++e) {
-      // Without a spare replica an expert has no loss and its one slot is no donor, as
-      // donor_cost_ already says: of what Refresh sets, only the gain is left to work out.
-      if (count_[e] >= 2) {
-        Refresh(e);
-      } else {
-        gain_add_[e] = GainAdd(e);
-        loss_remove_[e] = 0;
-      }
-    }
+    for (int e = 0; e < E_; ++e) RefreshKept(e);  // donor_cost_ says no slot is a donor yet
     Descend(budget, min_gain, max_rounds);
     // best_slots_ still holds the placement the search started from: the slot writes up to the
     // best placement turn it into that one.
@@ -591,6 +582,14 @@ class ExcessSearch : public LayerState {
       cost = now;
     }
   }
+  // Refresh for an expert whose replica count has not changed since its slots' donor costs were
+  // last set: without a spare replica its loss is 0 and its one slot stays no donor, so of what
+  // Refresh sets only the gain is left to work out.
+  void RefreshKept(int e) {
+    if (count_[e] >= 2) return Refresh(e);
+    gain_add_[e] = GainAdd(e);
+    loss_remove_[e] = 0;
+  }
   // Excess removed from the holders of e when e gains a replica (-1 when it cannot).
   double GainAdd(int e) const {
     if (count_[e] >= R_) return -1.0;
@@ -638,31 +637,31 @@ class ExcessSearch : public LayerState {
     // The ranks c changes, listed before it is applied: after it, ForAffected lists no others
     // (the expert that gains a replica was already held by its other holders).
     ForAffected(c, stamp);
-    auto refresh = [&](int e) {
+    auto refresh = [&](int e, bool kept) {
       if (refreshed_[e] == applies_) return;  // held by an earlier rank of changed_
       refreshed_[e] = applies_;
-      Refresh(e);
+      if (kept) {
+        RefreshKept(e);
+      } else {
+        Refresh(e);
+      }
     };
     const int gone = slot_[c.slot_a];
     Apply(c);
-    // The experts of c's slots changed holders (and maybe counts): always refreshed.
-    refresh(gone);
-    refresh(c.expert_a);
+    // The experts of c's slots changed holders (and maybe counts): always refreshed in full.
+    refresh(gone, false);
+    refresh(c.expert_a, false);
     // Any other expert of a changed rank r kept its count and holders. r's terms in its gain and
     // loss are exactly 0, before and after, when r stays at or below the cap even with the share
     // a lost replica elsewhere would add (as RemoveTerm computes it; none without a spare):
-    // then only another changed holder can change them, and is tested in its turn. Without a
-    // spare such an expert has no loss and its slot is still no donor: only its gain can change.
+    // then only another changed holder can change them, and is tested in its turn.
     for (size_t k = 0; k < changed_.size(); ++k) {
       const int r = changed_[k];
       const double high = std::max(was_[k], load_[r]);
       for (int t = 0; t < S_; ++t) {
         const int e = slot_[r * S_ + t];
-        if (count_[e] >= 2) {
-          if (high > cap_ || high + (PieceLess(e) - Piece(e)) > cap_) refresh(e);
-        } else if (high > cap_ && refreshed_[e] != applies_) {
-          refreshed_[e] = applies_;
-          gain_add_[e] = GainAdd(e);
+        if (high > cap_ || (count_[e] >= 2 && high + (PieceLess(e) - Piece(e)) > cap_)) {
+          refresh(e, true);
         }
       }
     }
