@@ -6,6 +6,7 @@
 // and a failed write leaves the old file untouched.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -63,9 +64,17 @@ Status WriteExpertMap(const std::string& path, const Placement& p, MapFormat for
 
 // Writes `contents` to `path` atomically: a temporary file "<path>.tmp.<pid>.<n>" in the same
 // directory, fsync, rename over `path`. On failure the temporary file is removed, `path` is left as
-// it was, and the error names `path`. The new file has mode 0644 less the umask.
+// it was, and the error names `path`. The new file has mode 0644 less the umask. Through a
+// symlink, the file it names is replaced and the link stays. Refuses (CheckOutputFile) a path
+// that names a directory, a device, a pipe or a socket: renaming over /dev/null would replace it.
 Status WriteFileAtomic(const std::string& path, const std::string& contents);
-// Reads a whole file; the error names the path and the reason.
-StatusOr<std::string> ReadFile(const std::string& path);
+// OK when `path` is not empty and names nothing yet or a regular file (through symlinks), i.e.
+// what WriteFileAtomic may replace; else the error it would give.
+Status CheckOutputFile(const std::string& path);
+// Reads a whole file of at most max_bytes (an endless device such as /dev/zero is refused, not
+// read until memory runs out; the default is far above any load or map); the error names the
+// path and the reason.
+inline constexpr size_t kMaxReadBytes = size_t{4} << 30;
+StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes = kMaxReadBytes);
 
 }  // namespace eplb

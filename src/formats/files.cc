@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <system_error>
 
@@ -58,8 +59,9 @@ std::string DirectoryOf(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-// Writes and syncs `tmp`, then renames it over `path`. Leaves `tmp` behind on failure.
-Status WriteAndRename(const std::string& path, const std::string& tmp,
+// Writes and syncs `tmp`, then renames it over `target` (`path`, or the file its symlink names);
+// errors name `path`. Leaves `tmp` behind on failure.
+Status WriteAndRename(const std::string& path, const std::string& target, const std::string& tmp,
                       const std::string& contents) {
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (fd.get() < 0) {
@@ -76,7 +78,7 @@ Status WriteAndRename(const std::string& path, const std::string& tmp,
   if (const int err = fd.Close(); err != 0) {
     return Status::IoError(fmt::format("{}: cannot close {}: {}", path, tmp, Reason(err)));
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (::rename(tmp.c_str(), target.c_str()) != 0) {
     return Status::IoError(
         fmt::format("{}: cannot rename {} over it: {}", path, tmp, Reason(errno)));
   }
@@ -85,24 +87,57 @@ Status WriteAndRename(const std::string& path, const std::string& tmp,
 
 }  // namespace
 
-Status WriteFileAtomic(const std::string& path, const std::string& contents) {
+Status CheckOutputFile(const std::string& path) {
   if (path.empty()) return Status::Invalid("cannot write a file with an empty path");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {  // follows symlinks
+    // Absent (or a dangling symlink, which the write follows): nothing there to replace.
+    if (errno == ENOENT) return Status::Ok();
+    return Status::IoError(fmt::format("{}: cannot stat: {}", path, Reason(errno)));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    return Status::IoError(fmt::format("{}: cannot write: {}", path, Reason(EISDIR)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Status::IoError(fmt::format(
+        "{}: not a regular file (a device, pipe or socket); refusing to replace it", path));
+  }
+  return Status::Ok();
+}
+
+Status WriteFileAtomic(const std::string& path, const std::string& contents) {
+  EPLB_RETURN_IF_ERROR(CheckOutputFile(path));
+  // Through a symlink: the file it names is replaced and the link stays (as writing to the path
+  // would do); the temporary file goes next to that file, so the rename stays on its filesystem.
+  namespace fs = std::filesystem;
+  fs::path target = path;
+  std::error_code ec;
+  // Followed link by link, so that a dangling link names the file to create (weakly_canonical
+  // would stop at the link itself); 40 links at most, as the kernel allows.
+  for (int links = 0; fs::is_symlink(fs::symlink_status(target, ec)); ++links) {
+    const fs::path next = fs::read_symlink(target, ec);
+    if (ec || links == 40) {
+      return Status::IoError(fmt::format("{}: cannot resolve the symlink: {}", path,
+                                         ec ? ec.message() : Reason(ELOOP)));
+    }
+    target = next.is_absolute() ? next : target.parent_path() / next;
+  }
   // pid + counter keeps concurrent writers (threads or processes) off each other's temp file.
   static std::atomic<uint64_t> counter{0};
-  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter++);
-  Status s = WriteAndRename(path, tmp, contents);
+  const std::string tmp = fmt::format("{}.tmp.{}.{}", target.string(), ::getpid(), counter++);
+  Status s = WriteAndRename(path, target.string(), tmp, contents);
   if (!s.ok()) {
     ::unlink(tmp.c_str());
     return s;
   }
   // Make the rename itself durable. Best effort: the new file is already in place, and a failure
   // here says nothing about its contents.
-  Fd dir(::open(DirectoryOf(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  Fd dir(::open(DirectoryOf(target.string()).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir.get() >= 0) (void)::fsync(dir.get());
   return Status::Ok();
 }
 
-StatusOr<std::string> ReadFile(const std::string& path) {
+StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     const int err = errno;
@@ -125,6 +160,10 @@ StatusOr<std::string> ReadFile(const std::string& path) {
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status::IoError(fmt::format("{}: cannot read: {}", path, Reason(errno)));
+    }
+    if (static_cast<size_t>(n) > max_bytes - out.size()) {
+      return Status::IoError(
+          fmt::format("{}: longer than {} bytes; not a file this reads", path, max_bytes));
     }
     out.append(buf, static_cast<size_t>(n));
   }
