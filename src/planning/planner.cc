@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <climits>
 #include <cstdint>
 #include <numeric>
 #include <span>
@@ -100,6 +101,14 @@ StatusOr<TransferPlan> PlanTransfers(const Placement& old_placement, const Place
   if (options.expert_bytes < 0) {
     return Status::Invalid(
         fmt::format("plan options: expert_bytes must be >= 0, got {}", options.expert_bytes));
+  }
+  // Every byte total is at most one expert per slot of every layer: it must fit in an int64.
+  const int64_t all_slots = int64_t{shape.layers} * shape.slots();
+  if (options.expert_bytes > 0 && all_slots > INT64_MAX / options.expert_bytes) {
+    return Status::Invalid(fmt::format(
+        "plan options: expert_bytes {} x {} slots ({} layers x {}) exceeds the int64 range of "
+        "the byte totals",
+        options.expert_bytes, all_slots, shape.layers, shape.slots()));
   }
 
   const int layers = shape.layers;

@@ -32,6 +32,13 @@ int Fail(const std::string& command, const Status& status);
 // (CLI11 2.1 reads -1 and values past 2^64 - 1 as 2^64 - 1).
 CLI::Validator Uint64Text();
 
+// Tightens CLI11's reading of every option of `app` and its subcommands (call once every option
+// is added): integers are decimal (CLI11 2.1 reads "064" as octal 52 and "0x40" as 64; leading
+// zeros are dropped, so "064" is 64, and anything but an optional sign and digits is an error
+// naming the option), and a text value (a path, a name) may not be empty (--out "" wrote
+// nothing and said nothing).
+void StrictValues(CLI::App& app);
+
 // Where a load comes from: a statistics file, or the embedded generator.
 struct LoadArgs {
   std::vector<std::string> paths;  // --load, once or more: their loads are summed
@@ -55,6 +62,11 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& args);
 // OK unless two of the paths name one file, under any spelling ("r.json", "./r.json", a
 // symlinked folder, a hard link): "<path>: named for two outputs (also as <other>)".
 Status CheckDistinctOutputs(const std::vector<std::string>& paths);
+
+// OK unless an output names the same file as one of `inputs` (under any spelling, as above):
+// "<output>: an output that is also an input (<what> <input>); ...".
+Status CheckOutputsAreNotInputs(const std::vector<std::string>& outputs,
+                                const std::vector<std::string>& inputs, const std::string& what);
 
 // Writes each (path, contents) atomically, in order. When one write fails, the files already
 // written by this call are put back as they were (removed, or rewritten with their old contents),

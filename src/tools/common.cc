@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -37,6 +38,38 @@ CLI::Validator Uint64Text() {
         return "";
       },
       "UINT64");
+}
+
+void StrictValues(CLI::App& app) {
+  for (CLI::Option* o : app.get_options()) {
+    const std::string type = o->get_type_name();
+    if (type.starts_with("TEXT")) {
+      // An empty path (--out "") was taken as "not given": nothing written, no error.
+      o->transform(
+          [](std::string text) {
+            if (text.empty()) throw CLI::ValidationError("expected a value, got an empty string");
+            return text;
+          },
+          "NONEMPTY");
+      continue;
+    }
+    if (!type.starts_with("INT") && !type.starts_with("UINT")) continue;
+    // A transform runs before the option's other checks and its conversion.
+    o->transform(
+        [](std::string text) {
+          // CLI11 2.1 reads "064" as octal 52 and "0x40" as 64: only decimal digits (after an
+          // optional sign) are taken, and leading zeros are dropped, so "064" is 64.
+          const size_t sign = !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
+          const bool digits =
+              text.size() > sign && std::all_of(text.begin() + sign, text.end(),
+                                                [](char c) { return c >= '0' && c <= '9'; });
+          if (!digits) throw CLI::ValidationError("expected a decimal integer, got " + text);
+          const size_t first = text.find_first_not_of('0', sign);
+          return text.substr(0, sign) + (first == std::string::npos ? "0" : text.substr(first));
+        },
+        "DECIMAL");
+  }
+  for (CLI::App* sub : app.get_subcommands({})) StrictValues(*sub);
 }
 
 void AddLoadOptions(CLI::App& app, LoadArgs& a) {
@@ -120,23 +153,47 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& a) {
   return in;
 }
 
-Status CheckDistinctOutputs(const std::vector<std::string>& paths) {
+namespace {
+
+// A path resolved as far as it exists, so that "r.json", "./r.json", "d/../r.json" and a symlink
+// compare equal before the file exists.
+std::filesystem::path Resolved(const std::string& path) {
   namespace fs = std::filesystem;
-  // The same file under two spellings ("r.json", "./r.json", "d/../r.json", a symlink) is caught
-  // before it exists by resolving the paths, and as a hard link once it does.
-  std::vector<fs::path> resolved;
-  for (const std::string& path : paths) {
-    std::error_code ec;
-    fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
-    resolved.push_back(ec ? fs::path(path).lexically_normal() : p);
-  }
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  return ec ? fs::path(path).lexically_normal() : p;
+}
+
+// Whether two paths name one file: by resolution, or as a hard link once it exists.
+bool SameFile(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return Resolved(a) == Resolved(b) || std::filesystem::equivalent(a, b, ec);
+}
+
+}  // namespace
+
+Status CheckDistinctOutputs(const std::vector<std::string>& paths) {
   for (size_t i = 0; i < paths.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
-      std::error_code ec;
-      if (resolved[i] == resolved[j] || fs::equivalent(paths[i], paths[j], ec)) {
+      if (SameFile(paths[i], paths[j])) {
         return Status::Invalid(
             fmt::format("{}: named for two outputs{}", paths[i],
                         paths[i] == paths[j] ? "" : " (also as " + paths[j] + ")"));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status CheckOutputsAreNotInputs(const std::vector<std::string>& outputs,
+                                const std::vector<std::string>& inputs, const std::string& what) {
+  for (const std::string& out : outputs) {
+    for (const std::string& in : inputs) {
+      if (SameFile(out, in)) {
+        return Status::Invalid(
+            fmt::format("{}: an output that is also an input ({} {}); writing "
+                        "it would replace the input",
+                        out, what, in));
       }
     }
   }
@@ -153,6 +210,8 @@ Status WriteOutputs(const std::vector<std::pair<std::string, std::string>>& file
   for (size_t i = 0; i < files.size(); ++i) {
     const std::string& path = files[i].first;
     std::optional<std::string> before;
+    // A device or pipe is refused before its contents are read as a backup (a pipe would block).
+    EPLB_RETURN_IF_ERROR(CheckOutputFile(path));
     std::error_code ec;
     if (fs::exists(path, ec)) {
       auto text = ReadFile(path);

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add("check-config", "check a runtime configuration (eplb_config)", eplb::tools::AddCheckConfig);
   add("demo", "a real expert-parallel MoE model on CPU, balanced while it runs",
       eplb::tools::AddDemo);
+  eplb::tools::StrictValues(app);
   std::vector<std::string> names;
   for (const auto& [sub, action] : actions) names.push_back(sub->get_name());
   if (argc > 1 && argv[1][0] != '-' &&

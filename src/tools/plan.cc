@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -36,7 +37,9 @@ struct PlanArgs {
   std::string out_path;
   std::string format = "vllm-ascend";
   std::string report_path;
-  std::vector<CLI::Option*> swift_only;  // options that only the swift algorithm reads
+  std::vector<CLI::Option*> swift_only;    // options that only the swift algorithm reads
+  std::vector<CLI::Option*> replan_only;   // ... and only in a re-plan (with --current)
+  CLI::Option* inter_node_cost = nullptr;  // read only with --nodes > 1
 };
 
 int RunPlan(const PlanArgs& a) {
@@ -58,6 +61,28 @@ int RunPlan(const PlanArgs& a) {
     }
   }
 
+  // The load statistics are never overwritten (a map written in place of --current is fine: the
+  // usual way to move on from the placement in use). Checked before any work is done.
+  std::vector<std::string> outputs_named;
+  for (const std::string* path : {&a.out_path, &a.report_path}) {
+    if (!path->empty()) outputs_named.push_back(*path);
+  }
+  if (Status s = CheckOutputsAreNotInputs(outputs_named, a.load.paths, "--load"); !s.ok()) {
+    return Fail(cmd, s);
+  }
+  if (a.current_path.empty()) {
+    for (const CLI::Option* o : a.replan_only) {
+      if (o->count() > 0) {
+        return Fail(cmd, Status::Invalid(fmt::format(
+                             "{} caps a re-plan from --current; without it every slot is placed "
+                             "fresh",
+                             o->get_name())));
+      }
+    }
+  }
+  if (a.inter_node_cost->count() > 0 && a.shape.nodes == 1) {
+    return Fail(cmd, Status::Invalid("--inter-node-cost applies with --nodes > 1 only"));
+  }
   auto input = ReadLoad(a.load);
   if (!input.ok()) return Fail(cmd, input.status());
   const LoadMatrix& load = input->moe;
@@ -73,6 +98,14 @@ int RunPlan(const PlanArgs& a) {
                                               shape.ranks, shape.slots_per_rank)));
   }
 
+  // The byte totals (below and the planner's) count at most one expert per slot of every layer.
+  const int64_t slots_total = static_cast<int64_t>(shape.layers) * shape.slots();
+  if (a.expert_bytes > 0 && slots_total > INT64_MAX / a.expert_bytes) {
+    return Fail(cmd, Status::Invalid(fmt::format(
+                         "--expert-bytes {}: x {} slots ({} layers x {}) exceeds the int64 range "
+                         "of the byte totals",
+                         a.expert_bytes, slots_total, shape.layers, shape.slots())));
+  }
   const bool has_current = !a.current_path.empty();
   Placement before = Placement::IdOrder(shape);
   if (has_current) {
@@ -106,7 +139,6 @@ int RunPlan(const PlanArgs& a) {
   const double b_before = MeanBalancedness(load, before);
   const double b_after = MeanBalancedness(load, after);
   const double bound = BalancednessUpperBound(load, shape);
-  const int64_t slots_total = static_cast<int64_t>(shape.layers) * shape.slots();
   const int64_t slots_changed = plan ? plan->slots_changed : slots_total;
   const int64_t bytes_moved = plan ? plan->bytes_moved() : slots_total * a.expert_bytes;
   const int64_t max_sent =
@@ -236,6 +268,21 @@ Action AddPlan(CLI::App& app) {
       ->capture_default_str()
       ->needs(out);
   app.add_option("--report", a->report_path, "write a JSON report");
+  a->inter_node_cost =
+      app.add_option("--inter-node-cost", a->options.inter_node_cost,
+                     "swift, with --nodes > 1: what a change that must fetch its expert from "
+                     "another node weighs, in slot changes (1: ignore nodes)")
+          ->capture_default_str();
+  a->replan_only = {
+      app.add_option("--max-changes-per-layer", a->options.max_changes_per_layer,
+                     "swift, with --current: cap on slots changed per layer (-1: none)")
+          ->capture_default_str()
+          ->check(CLI::Range(-1, 1 << 30)),
+      app.add_option("--max-changes-per-cycle", a->options.max_changes_per_cycle,
+                     "swift, with --current: cap on slots changed in all layers (-1: none)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40)),
+  };
   a->swift_only = {
       app.add_option("--target-balancedness", a->options.target_balancedness,
                      "swift: stop improving a layer at this balancedness")
@@ -246,18 +293,9 @@ Action AddPlan(CLI::App& app) {
                      "each layer until it is this balanced")
           ->capture_default_str()
           ->check(CLI::Range(0.0, 1.0)),
-      app.add_option("--inter-node-cost", a->options.inter_node_cost,
-                     "swift, with --nodes > 1: what a change that must fetch its expert from "
-                     "another node weighs, in slot changes (1: ignore nodes)")
-          ->capture_default_str(),
-      app.add_option("--max-changes-per-layer", a->options.max_changes_per_layer,
-                     "swift: cap on slots changed per layer (-1: none)")
-          ->capture_default_str()
-          ->check(CLI::Range(-1, 1 << 30)),
-      app.add_option("--max-changes-per-cycle", a->options.max_changes_per_cycle,
-                     "swift: cap on slots changed in all layers (-1: none)")
-          ->capture_default_str()
-          ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40)),
+      a->inter_node_cost,
+      a->replan_only[0],
+      a->replan_only[1],
       app.add_option("--threads", a->options.threads,
                      "swift: balance layers on this many threads (same placement)")
           ->capture_default_str()

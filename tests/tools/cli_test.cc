@@ -2,6 +2,7 @@
 // exit status 1, a one-line message naming the file, and no output file (an existing one left
 // untouched).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -357,6 +358,64 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError("check-config {} --experts 8", "eplb check-config: --experts requires --ranks",
               Path("none"));
   ExpectError("", "eplb: ", Path("none"));
+}
+
+// Found in review on 2026-11-30: values that were read wrongly or silently ignored.
+TEST_F(CliTest, ValuesAreReadAsWritten) {
+  const std::string out = Path("out.json");
+  const std::string gen = "plan --generate --experts 8 --layers 2 ";
+  // Integers are decimal: CLI11 read 064 as octal 52 and 0x40 as 64.
+  const Result octal = Eplb(gen + "--ranks 064 --slots-per-rank 3 --report " + out);
+  ASSERT_EQ(octal.status, 0) << octal.out;
+  EXPECT_EQ(nlohmann::json::parse(Read(out))["ranks"], 64);
+  fs::remove(out);
+  ExpectError(gen + "--ranks 0x40 --slots-per-rank 3 --out " + out,
+              "eplb plan: --ranks: expected a decimal integer, got 0x40", out);
+  ExpectError(gen + "--ranks 4.0 --slots-per-rank 3 --out " + out,
+              "eplb plan: --ranks: expected a decimal integer, got 4.0", out);
+  // An empty path was taken as "not given": nothing written, nothing said.
+  ExpectError(gen + "--ranks 4 --slots-per-rank 3 --out ''",
+              "eplb plan: --out: expected a value, got an empty string", out);
+  ExpectError(gen + "--ranks 4 --slots-per-rank 3 --current '' --out " + out,
+              "eplb plan: --current: expected a value, got an empty string", out);
+  // Options that would be ignored are errors.
+  ExpectError(gen + "--ranks 4 --slots-per-rank 3 --max-changes-per-cycle 0 --out " + out,
+              "eplb plan: --max-changes-per-cycle caps a re-plan from --current", out);
+  ExpectError(gen + "--ranks 4 --slots-per-rank 3 --inter-node-cost 3 --out " + out,
+              "eplb plan: --inter-node-cost applies with --nodes > 1 only", out);
+  // Byte totals past the int64 range (before: negative totals in the report).
+  ExpectError(
+      "plan --generate --layers 1024 --experts 8192 --ranks 4096 --slots-per-rank 2 "
+      "--algorithm deepseek --expert-bytes 1099511627776 --out " +
+          out,
+      "eplb plan: --expert-bytes 1099511627776: x 8388608 slots (1024 layers x 8192) "
+      "exceeds the int64 range of the byte totals",
+      out);
+}
+
+// Outputs that would destroy something are refused before anything is written.
+TEST_F(CliTest, OutputsNeverReplaceTheLoadOrANonRegularFile) {
+  const std::string load = Write("load.json", kLoad);
+  const std::string shape = " --ranks 4 --slots-per-rank 3";
+  const std::string same = (fs::path(load).parent_path() / "." / "load.json").string();
+  ExpectError("plan --load " + load + shape + " --out " + same,
+              same + ": an output that is also an input (--load " + load + ")", load);
+  ExpectError("plan --load " + load + shape + " --report " + load,
+              load + ": an output that is also an input (--load " + load + ")", load);
+  // A pipe (as a device would be: renaming over /dev/null replaced it) is refused, not read as
+  // a backup (a pipe would block) nor replaced.
+  const std::string fifo = Path("fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const Result r = Eplb("plan --load " + load + shape + " --out " + fifo);
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find(fifo + ": not a regular file"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  // Through a symlink the file it names is written and the link stays.
+  Write("real.json", "old");
+  fs::create_symlink(Path("real.json"), Path("link.json"));
+  ASSERT_EQ(Eplb("plan --load " + load + shape + " --out " + Path("link.json")).status, 0);
+  EXPECT_TRUE(fs::is_symlink(Path("link.json")));
+  EXPECT_EQ(Eplb("validate " + Path("real.json")).status, 0);
 }
 
 TEST_F(CliTest, ShapeDisagreementsNameTheMap) {
