@@ -37,7 +37,8 @@ struct RuntimeConfig {
   AlgorithmOptions algorithm_options;  // derived (BalancerOptions): skip_balancedness =
                                        // imbalance_threshold, threads = balancer_threads; the keys
                                        // target_balancedness, max_changes_per_layer,
-                                       // max_changes_per_cycle and inter_node_cost set its fields
+                                       // max_changes_per_cycle, inter_node_cost and
+                                       // min_gain_per_change set its fields
 };
 
 // config.algorithm_options with the fields the runtime keys name taken from those keys: what the

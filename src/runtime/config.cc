@@ -240,6 +240,7 @@ const std::vector<Key>& Keys() {
       IntKey<int64_t>("max_changes_per_cycle", EPLB_FIELD(algorithm_options.max_changes_per_cycle),
                       -1),
       NumberKey("inter_node_cost", EPLB_FIELD(algorithm_options.inter_node_cost), 1.0),
+      NumberKey("min_gain_per_change", EPLB_FIELD(algorithm_options.min_gain_per_change), 0.0),
   };
   return keys;
 }

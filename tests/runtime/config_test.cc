@@ -72,14 +72,15 @@ const std::vector<std::string> kKeys = {"dynamic_eplb",
                                         "target_balancedness",
                                         "max_changes_per_layer",
                                         "max_changes_per_cycle",
-                                        "inter_node_cost"};
+                                        "inter_node_cost",
+                                        "min_gain_per_change"};
 
 constexpr char kEveryKey[] = R"({"dynamic_eplb": true, "expert_heat_collection_interval": 10,
     "algorithm_execution_interval": 3, "num_redundant_experts": 64,
     "expert_map_path": "a.json", "expert_map_record_path": "b.json", "algorithm": "deepseek",
     "expert_load_path": "c.csv", "expert_heat_windows": 5, "max_layers_in_flight": 2, "imbalance_threshold": 0.95, "transfer_timeout_ms": 500,
     "balancer_threads": 3, "target_balancedness": 0.98, "max_changes_per_layer": 7,
-    "max_changes_per_cycle": 4294967296, "inter_node_cost": 1.5})";
+    "max_changes_per_cycle": 4294967296, "inter_node_cost": 1.5, "min_gain_per_change": 0.25})";
 
 void ExpectEveryKey(const RuntimeConfig& c) {
   EXPECT_TRUE(c.dynamic_eplb);
@@ -101,6 +102,7 @@ void ExpectEveryKey(const RuntimeConfig& c) {
   EXPECT_EQ(c.algorithm_options.max_changes_per_layer, 7);
   EXPECT_EQ(c.algorithm_options.max_changes_per_cycle, int64_t{1} << 32);
   EXPECT_EQ(c.algorithm_options.inter_node_cost, 1.5);
+  EXPECT_EQ(c.algorithm_options.min_gain_per_change, 0.25);
 }
 
 TEST(ConfigParseTest, EmptyObjectGivesTheDocumentedDefaults) {
@@ -305,7 +307,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{R"({"inter_node_cost": 0.5})",
                  "cfg.json: eplb_config.inter_node_cost: expected a number >= 1, got 0.5"},
         BadValue{R"({"inter_node_cost": -2})",
-                 "cfg.json: eplb_config.inter_node_cost: expected a number >= 1, got -2"}));
+                 "cfg.json: eplb_config.inter_node_cost: expected a number >= 1, got -2"},
+        BadValue{R"({"min_gain_per_change": -0.5})",
+                 "cfg.json: eplb_config.min_gain_per_change: expected a number >= 0, got -0.5"}));
 
 // A configuration built in code gets the parser's words (less the origin) for every value out of
 // range: each key's range is written once and serves both.
@@ -380,7 +384,7 @@ TEST(ConfigParseTest, UnknownKeySuggestsTheNearestKnownKey) {
             "max_layers_in_flight, "
             "imbalance_threshold, "
             "transfer_timeout_ms, balancer_threads, target_balancedness, max_changes_per_layer, "
-            "max_changes_per_cycle, inter_node_cost");
+            "max_changes_per_cycle, inter_node_cost, min_gain_per_change");
   EXPECT_NE(ErrorOf(R"({"eplb_config": {"num_redundant_expert": 4}})")
                 .find("eplb_config.num_redundant_expert: unknown key (did you mean "
                       "\"num_redundant_experts\"?)"),
@@ -511,6 +515,7 @@ TEST(ConfigJsonTest, RoundTripsDefaultsAndEveryKey) {
   odd.algorithm_options.target_balancedness = 0.1 + 0.7;
   odd.algorithm_options.inter_node_cost = 1.0 / 3 + 1;
   odd.algorithm_options.max_changes_per_cycle = std::numeric_limits<int64_t>::max();
+  odd.algorithm_options.min_gain_per_change = 0.25;  // before: not a key, read back as 1e-5
   for (const RuntimeConfig& c : {RuntimeConfig{}, *every, odd}) {
     StatusOr<RuntimeConfig> again = ParseRuntimeConfig(RuntimeConfigToJson(c), "again");
     ASSERT_TRUE(again.ok()) << again.status().message();
