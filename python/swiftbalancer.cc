@@ -94,6 +94,29 @@ std::tuple<Int64Array, Int64Array, Int64Array> RebalanceExperts(
     throw py::value_error(
         fmt::format("algorithm: expected one of {}, got '{}'", fmt::join(names, ", "), algorithm));
   }
+  // Options that would be ignored are errors, as on the command line: swift's options with
+  // another algorithm (a value other than the default), and the caps without a current placement.
+  const AlgorithmOptions defaults;
+  const std::pair<const char*, bool> changed[] = {
+      {"target_balancedness", options.target_balancedness != defaults.target_balancedness},
+      {"skip_balancedness", options.skip_balancedness != defaults.skip_balancedness},
+      {"inter_node_cost", options.inter_node_cost != defaults.inter_node_cost},
+      {"max_changes_per_layer", options.max_changes_per_layer != defaults.max_changes_per_layer},
+      {"max_changes_per_cycle", options.max_changes_per_cycle != defaults.max_changes_per_cycle},
+      {"min_gain_per_change", options.min_gain_per_change != defaults.min_gain_per_change},
+      {"threads", options.threads != defaults.threads}};
+  for (const auto& [option, differs] : changed) {
+    if (differs && algorithm != "swift") {
+      throw py::value_error(
+          fmt::format("{} applies to algorithm 'swift' only, not '{}'", option, algorithm));
+    }
+  }
+  for (const auto& [option, differs] : std::span(changed).subspan(3, 2)) {
+    if (differs && current.is_none()) {
+      throw py::value_error(fmt::format(
+          "{} caps a re-plan from current; without it every slot is placed fresh", option));
+    }
+  }
   std::optional<Placement> old;
   // Balance() checks it against the shape ("current placement: ...").
   if (!current.is_none()) old = ToPlacement(current, "current", num_gpus, shape.experts);

@@ -147,6 +147,17 @@ def test_threads_and_torch_like_inputs_give_the_same_placement():
     (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 1, 8, current=[[2**40] * 16] * 2),
      "current[0][0]: logical id 1099511627776 out of range"),
     (lambda: sb.rebalance_experts(np.full((2, 12), 1e308), 16, 1, 1, 8), "largest double"),
+    # Options that would be ignored (before: accepted, out of range or not).
+    (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 1, 8, algorithm="deepseek",
+                                  target_balancedness=5),
+     "target_balancedness applies to algorithm 'swift' only, not 'deepseek'"),
+    (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 1, 8, algorithm="deepseek", threads=4),
+     "threads applies to algorithm 'swift' only"),
+    (lambda: sb.rebalance_experts(WEIGHT, 16, 1, 1, 8, max_changes_per_layer=0),
+     "max_changes_per_layer caps a re-plan from current"),
+    (lambda: sb.plan_transfers([list(range(12)) + [0, 1, 2, 3]] * 2,
+                               [list(range(12)) + [4, 5, 6, 7]] * 2, 8, expert_bytes=2**62),
+     "expert_bytes 4611686018427387904 x 32 slots (2 layers x 16) exceeds the int64 range"),
 ])
 def test_bad_inputs_raise_value_errors_that_say_what_and_where(call, message):
     with pytest.raises(ValueError) as e:
