@@ -48,6 +48,13 @@ using Request = std::unique_ptr<RequestBase>;
 // Buffers and completion:
 // - ISend and the collectives copy their input before they return: the caller may reuse or free
 //   it at once. A send is delivered even if its Request is destroyed before it completes.
+// - A send completes when the backend is done with it: in-process at once; over MPI a large
+//   message (rendezvous, above a few KiB) only once the receiver has matched it, so a blocking
+//   Send to a peer that has not posted its receive yet may time out although the message is
+//   delivered later. Post receives before (or with) sends, as the runtime does.
+// - Over MPI (OpenMPI without an asynchronous progress thread) a dropped send or collective
+//   advances only while its rank keeps calling the communicator: a rank that drops one and then
+//   makes no calls can leave its peers waiting until their timeouts.
 // - Output buffers (IRecv's buffer, a collective's output) are written only by the Test or Wait
 //   call that reports the request complete, on the calling thread; until then the buffer must
 //   stay valid, and the caller must not read it. In exchange every backend pays one extra copy on

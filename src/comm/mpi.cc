@@ -3,8 +3,16 @@
 // Every operation is an MPI non-blocking call on buffers this backend owns (a copy of the input,
 // a buffer for the output), so a request the caller drops or abandons after a timeout can never
 // make MPI touch the caller's memory: its buffers move to the communicator's orphan list, which is
-// polled until MPI completes them (a receive is cancelled first). Wait polls MPI_Test, which also
-// drives MPI's progress, with a short yield or sleep between polls.
+// polled until MPI completes them. Wait polls MPI_Test, which also drives MPI's progress, with a
+// short yield or sleep between polls.
+//
+// Receives are matched with MPI_Improbe and received with MPI_Imrecv into a buffer of the
+// message's own size: a posted MPI_Irecv smaller than its message is not safe in OpenMPI 4.1
+// (a rendezvous message, above ~4 KiB, is written whole past the end of the posted buffer, the
+// heap corrupted, while MPI_Test reports the truncation). Posted receives of one (source, tag)
+// wait in a queue in posting order, and whichever of them is polled matches the messages that
+// have arrived to the queue's head first, so messages still match receives in the order both
+// were made, whatever the order of the polls.
 #include <memory>
 #include <string>
 
@@ -19,6 +27,8 @@
 #include <atomic>
 #include <climits>
 #include <cstring>
+#include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -69,7 +79,17 @@ MpiLifetime& Lifetime() {
 struct MpiOp {
   MPI_Request request = MPI_REQUEST_NULL;
   std::vector<std::byte> in;   // the caller's input, copied (sends, collectives)
-  std::vector<std::byte> out;  // MPI's output (receives, collectives)
+  std::vector<std::byte> out;  // MPI's output (receives: sized to the message, collectives)
+};
+
+// A posted receive, queued by (source, tag) until a message is matched to it.
+struct RecvSlot {
+  int src = 0;
+  int tag = 0;
+  MpiOp* op = nullptr;  // the request's; its MPI request is the MPI_Imrecv once matched
+  bool matched = false;
+  int count = 0;            // the matched message's bytes
+  int error = MPI_SUCCESS;  // MPI_Imrecv's error, if it failed
 };
 
 // What a communicator shares with its requests.
@@ -97,17 +117,65 @@ class MpiCore {
     aborted_.store(true, std::memory_order_release);
   }
 
-  // Takes over an operation whose request the caller dropped before it completed.
-  void Adopt(std::unique_ptr<MpiOp> op, bool cancel) {
+  // Takes over an operation whose request the caller dropped before it completed (a receive
+  // only once matched: Unqueue drops one that is not).
+  void Adopt(std::unique_ptr<MpiOp> op) {
     std::lock_guard lock(mu_);
     if (closed_) {
       // MPI may be finalised; leaking the buffers is the only safe thing left to do.
       op.release();  // NOLINT(bugprone-unused-return-value): intentional leak
       return;
     }
-    if (cancel) MPI_Cancel(&op->request);
     orphans_.push_back(std::move(op));
     orphan_count_.store(static_cast<int>(orphans_.size()), std::memory_order_relaxed);
+  }
+
+  // Queues a posted receive behind the earlier ones of its source and tag.
+  void Enqueue(RecvSlot* slot) {
+    std::lock_guard lock(mu_);
+    waiting_[{slot->src, slot->tag}].push_back(slot);
+  }
+
+  // Takes a receive out of its queue if no message was matched to it yet (then nothing of it is
+  // left in MPI, and the next message goes to the next receive); returns whether it was queued.
+  bool Unqueue(RecvSlot* slot) {
+    std::lock_guard lock(mu_);
+    const auto it = waiting_.find({slot->src, slot->tag});
+    if (it == waiting_.end()) return false;
+    const auto at = std::find(it->second.begin(), it->second.end(), slot);
+    if (at == it->second.end()) return false;
+    it->second.erase(at);
+    if (it->second.empty()) waiting_.erase(it);
+    return true;
+  }
+
+  // Matches the messages that have arrived from slot's source with its tag to that queue's
+  // receives, oldest first, and returns whether slot has its message now. Each is received with
+  // MPI_Imrecv into slot->op->out sized to the message.
+  StatusOr<bool> Match(RecvSlot* slot) {
+    std::lock_guard lock(mu_);
+    if (slot->matched) return true;
+    const auto it = waiting_.find({slot->src, slot->tag});
+    if (it == waiting_.end()) return slot->matched;
+    std::deque<RecvSlot*>& queue = it->second;
+    while (!queue.empty()) {
+      int flag = 0;
+      MPI_Message message = MPI_MESSAGE_NULL;
+      MPI_Status status;
+      const int rc = MPI_Improbe(slot->src, slot->tag, comm_, &flag, &message, &status);
+      if (rc != MPI_SUCCESS) return Status::Internal("MPI_Improbe failed: " + MpiError(rc));
+      if (!flag) break;
+      RecvSlot* head = queue.front();
+      queue.pop_front();
+      MPI_Get_count(&status, MPI_BYTE, &head->count);
+      head->op->out.resize(static_cast<std::size_t>(std::max(head->count, 0)));
+      head->error =
+          MPI_Imrecv(head->op->out.data(), head->count, MPI_BYTE, &message, &head->op->request);
+      head->matched = true;
+    }
+    const bool matched = slot->matched;
+    if (queue.empty()) waiting_.erase(it);
+    return matched;
   }
 
   // Frees the orphans MPI has completed.
@@ -154,6 +222,8 @@ class MpiCore {
   std::string abort_reason_;                     // guarded by mu_
   bool closed_ = false;                          // guarded by mu_
   std::vector<std::unique_ptr<MpiOp>> orphans_;  // guarded by mu_
+  // Posted receives not matched yet, per (source, tag), in posting order; guarded by mu_.
+  std::map<std::pair<int, int>, std::deque<RecvSlot*>> waiting_;
 };
 
 class MpiRequest final : public RequestBase {
@@ -168,8 +238,23 @@ class MpiRequest final : public RequestBase {
         op_(std::move(op)),
         out_(out) {}
 
+  // A receive of `out.size()` bytes from src with tag, queued behind the earlier ones.
+  static std::unique_ptr<MpiRequest> Receive(std::shared_ptr<MpiCore> core, std::string description,
+                                             int src, int tag, std::span<std::byte> out) {
+    auto r = std::make_unique<MpiRequest>(std::move(core), Kind::kRecv, std::move(description),
+                                          std::make_unique<MpiOp>(), out);
+    r->slot_.src = src;
+    r->slot_.tag = tag;
+    r->slot_.op = r->op_.get();
+    r->core_->Enqueue(&r->slot_);
+    return r;
+  }
+
   ~MpiRequest() override {
-    if (op_ != nullptr) core_->Adopt(std::move(op_), kind_ == Kind::kRecv);
+    // A receive without a message yet leaves its queue; once matched, its message is received
+    // (and dropped) as an orphan.
+    if (kind_ == Kind::kRecv && op_ != nullptr && core_->Unqueue(&slot_)) op_.reset();
+    if (op_ != nullptr) core_->Adopt(std::move(op_));
   }
 
   const MpiCore* core() const { return core_.get(); }
@@ -189,6 +274,20 @@ class MpiRequest final : public RequestBase {
       outcome_ = core_->AbortStatus(description_);
       return true;
     }
+    if (kind_ == Kind::kRecv && !matched_) {
+      const StatusOr<bool> matched = core_->Match(&slot_);
+      if (!matched.ok()) {
+        outcome_ = matched.status().WithPrefix(description_);
+        return true;
+      }
+      if (!*matched) return false;
+      matched_ = true;  // slot_'s fields were set under the core's lock, before Match returned
+      if (slot_.error != MPI_SUCCESS) {
+        op_.release();  // NOLINT: in an unknown state after an error, so never freed
+        outcome_ = Status::Internal(description_ + ": MPI_Imrecv failed: " + MpiError(slot_.error));
+        return true;
+      }
+    }
     int flag = 0;
     MPI_Status status;
     const int rc = MPI_Test(&op_->request, &flag, &status);
@@ -206,15 +305,11 @@ class MpiRequest final : public RequestBase {
       return true;
     }
     if (!flag) return false;
-    if (kind_ == Kind::kRecv) {
-      int count = 0;
-      MPI_Get_count(&status, MPI_BYTE, &count);
-      if (static_cast<std::size_t>(count) != out_.size()) {
-        op_.reset();
-        outcome_ = Status::Invalid(description_ + ": the message has " + std::to_string(count) +
-                                   " bytes, the receive buffer " + std::to_string(out_.size()));
-        return true;
-      }
+    if (kind_ == Kind::kRecv && static_cast<std::size_t>(slot_.count) != out_.size()) {
+      op_.reset();  // received whole into a buffer of its own size, and dropped
+      outcome_ = Status::Invalid(description_ + ": the message has " + std::to_string(slot_.count) +
+                                 " bytes, the receive buffer " + std::to_string(out_.size()));
+      return true;
     }
     if (kind_ != Kind::kSend && !out_.empty()) {
       std::memcpy(out_.data(), op_->out.data(), out_.size());
@@ -229,6 +324,8 @@ class MpiRequest final : public RequestBase {
   const std::string description_;
   std::unique_ptr<MpiOp> op_;  // null once MPI completed it
   std::span<std::byte> out_;
+  RecvSlot slot_;         // receives: the queue entry (its address is queued: never moved)
+  bool matched_ = false;  // receives: whether Match gave slot_ its message
   bool finished_ = false;
   Status outcome_;
 };
@@ -293,14 +390,9 @@ class MpiCommunicator final : public Communicator {
     const std::string where = Where("IRecv", rank()) + " from rank " + std::to_string(src) +
                               " tag " + std::to_string(tag);
     EPLB_RETURN_IF_ERROR(CheckCount(where, buffer.size(), "bytes"));
-    auto op = std::make_unique<MpiOp>();
-    op->out.resize(buffer.size());
-    EPLB_RETURN_IF_ERROR(Start(where, [&] {
-      return MPI_Irecv(op->out.data(), static_cast<int>(op->out.size()), MPI_BYTE, src, tag,
-                       core_->comm(), &op->request);
-    }));
-    return Request(
-        std::make_unique<MpiRequest>(core_, MpiRequest::Kind::kRecv, where, std::move(op), buffer));
+    if (core_->aborted()) return core_->AbortStatus(where);
+    core_->PollOrphans();
+    return Request(MpiRequest::Receive(core_, where, src, tag, buffer));
   }
 
   StatusOr<Request> IAllGather(std::span<const std::byte> send,

@@ -98,6 +98,40 @@ TEST(MpiComm, SizeMismatchFailsTheReceive) {
   Barrier(comm);
 }
 
+// Above OpenMPI's eager limit a message goes by rendezvous, which wrote the whole message past
+// the end of a smaller posted receive buffer (heap corruption: glibc aborted the process) while
+// the receive reported the truncation. Too small, too large, then the right size: the first two
+// fail cleanly and the third gets its bytes.
+TEST(MpiComm, RendezvousSizeMismatchFailsTheReceiveOnly) {
+  Communicator& comm = *g_comm;
+  const int n = comm.size();
+  const int me = comm.rank();
+  const int next = (me + 1) % n;
+  const int prev = (me + n - 1) % n;
+  constexpr size_t kBytes = size_t{1} << 20;
+  std::vector<Request> sends;
+  for (int k = 0; k < 3; ++k) {
+    std::vector<std::byte> message(kBytes, std::byte(me * 10 + k));
+    auto send = comm.ISend(next, 6, message);
+    ASSERT_TRUE(send.ok());
+    sends.push_back(std::move(*send));
+  }
+  for (size_t size : {kBytes / 2, 2 * kBytes}) {
+    std::vector<std::byte> buffer(size, std::byte{7});
+    Status s = comm.Recv(prev, 6, buffer, kLong);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+    EXPECT_NE(s.message().find("the message has 1048576 bytes"), std::string::npos) << s.message();
+    EXPECT_EQ(std::count(buffer.begin(), buffer.end(), std::byte{7}),
+              static_cast<std::ptrdiff_t>(size));
+  }
+  std::vector<std::byte> right(kBytes);
+  ASSERT_TRUE(comm.Recv(prev, 6, right, kLong).ok());
+  EXPECT_EQ(std::count(right.begin(), right.end(), std::byte(prev * 10 + 2)),
+            static_cast<std::ptrdiff_t>(kBytes));
+  ASSERT_TRUE(comm.WaitAll(sends, kLong).ok());
+  Barrier(comm);
+}
+
 // A process whose blocking collective timed out keeps its place: the others complete it, and the
 // next collective matches on every process.
 TEST(MpiComm, TimedOutCollectiveKeepsTheSequence) {
