@@ -181,8 +181,9 @@ class Controller {
   // transfer. It waits only for a collective that every rank started at an earlier step, at most
   // transfer_timeout_ms: the previous step's commit all-reduce while weights move, the plan-hash
   // all-gather at the step after it started, and the load all-gather if it is still incomplete
-  // when plans are due. Returns, once each, a failure kept from
-  // the worker (planning, transfers, map recording), a bad RecordLoad, or a failed collective.
+  // when plans are due. Returns, once each and one per call, a failure kept from the worker
+  // (planning, transfers, map recording; the oldest first, up to 64 kept: later ones are logged
+  // and counted in the message of the last one kept), a bad RecordLoad, or a failed collective.
   // The engine keeps running on the placement in use in every case. A failed collective (a rank
   // gone or stalled past transfer_timeout_ms) stops rebalancing for good (metrics.disabled):
   // ranks can no longer be sure they decide alike, and a rank that timed out while others

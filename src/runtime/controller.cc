@@ -9,8 +9,8 @@
 //                   every rank has declared ready.
 //   worker thread   runs jobs handed over under mu: computes plans (reads only the Job it was
 //                   given), runs the Mover on a MovePlan, writes log lines and expert maps.
-//   handoffs        everything under mu (jobs, plans, move orders, reports, metrics, the sticky
-//                   error); per-layer gates inside the Mover (release/acquire); routing snapshots
+//   handoffs        everything under mu (jobs, plans, move orders, reports, metrics, the kept
+//                   errors); per-layer gates inside the Mover (release/acquire); routing snapshots
 //                   as atomic shared_ptrs; steps and hook time as relaxed atomics.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -188,8 +188,12 @@ struct Controller::Impl {
   std::shared_ptr<PlanOut> plan_out;        // latest finished plan (dynamic mode)
   std::shared_ptr<MoveSession> move_order;  // move this session
   std::deque<Report> reports;
-  Status sticky;                        // first failure of the worker not yet reported
-  std::atomic<bool> has_sticky{false};  // sticky is set (lets Step skip the lock)
+  // Failures of the worker not yet returned by Step, oldest first (at most kMaxKeptErrors; later
+  // ones are counted in errors_not_kept and logged as they happen).
+  static constexpr size_t kMaxKeptErrors = 64;
+  std::deque<Status> kept_errors;
+  int64_t errors_not_kept = 0;
+  std::atomic<bool> has_kept_error{false};  // kept_errors is not empty (lets Step skip the lock)
   RuntimeMetrics metrics;
   std::thread worker;
 
@@ -213,10 +217,25 @@ struct Controller::Impl {
     KeepErrorLocked(std::move(s));
   }
   void KeepErrorLocked(Status s) {
-    if (sticky.ok()) {
-      sticky = std::move(s);
-      has_sticky.store(true, std::memory_order_release);
+    if (kept_errors.size() < kMaxKeptErrors) {
+      kept_errors.push_back(std::move(s));
+      has_kept_error.store(true, std::memory_order_release);
+    } else {
+      ++errors_not_kept;
     }
+  }
+  // The oldest kept failure, once; mu held.
+  Status TakeErrorLocked() {
+    Status s = std::move(kept_errors.front());
+    kept_errors.pop_front();
+    if (kept_errors.empty()) {
+      has_kept_error.store(false, std::memory_order_relaxed);
+      if (errors_not_kept > 0) {
+        s = Status(s.code(), fmt::format("{} (and {} later failures not kept: see the log)",
+                                         s.message(), std::exchange(errors_not_kept, 0)));
+      }
+    }
+    return s;
   }
 
   // ---------------------------------------------------------------- forward thread
@@ -899,10 +918,9 @@ Status Controller::Step() {
   const auto t0 = Clock::now();
   Status s = m.StepImpl();
   if (s.ok() && !m.input_error.ok()) s = std::exchange(m.input_error, Status::Ok());
-  if (s.ok() && m.has_sticky.load(std::memory_order_acquire)) {
+  if (s.ok() && m.has_kept_error.load(std::memory_order_acquire)) {
     std::lock_guard lock(m.mu);
-    s = std::exchange(m.sticky, Status::Ok());
-    m.has_sticky.store(false, std::memory_order_relaxed);
+    s = m.TakeErrorLocked();
   }
   m.steps.store(m.step, std::memory_order_relaxed);
   m.AddHookTime(t0);

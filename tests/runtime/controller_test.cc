@@ -464,6 +464,33 @@ TEST(ControllerTest, TransfersThatTimeOutRollTheLayersBackOnEveryRank) {
   EXPECT_FALSE(res[0].metrics.disabled);
 }
 
+// Several layers that fail between two steps are each returned by a Step (before: the first
+// only; the others were logged and counted, never returned).
+TEST(ControllerTest, StepReturnsEveryFailureOnce) {
+  WorldOptions o;
+  o.config = DynamicConfig(8);
+  o.config.max_layers_in_flight = 5;  // every layer at once, so they time out together
+  o.config.transfer_timeout_ms = 300;
+  o.steps = 40;
+  o.min_cycles = 2;
+  o.lockstep = true;
+  o.setup = [](TestComm& comm) { comm.stall_p2p = comm.rank() == 1; };
+  const auto res = RunWorld(o);
+  ExpectAgreement(res, /*allow_step_errors=*/true);
+  // Rank 1 takes part in at least 3 of the 5 layers of the first cycle, and they time out
+  // together: 3 errors naming 3 layers (before: 1 per cycle, here 2 in all).
+  const std::vector<std::string>& errors = res[1].step_errors;
+  ASSERT_GE(errors.size(), 3u);
+  std::set<std::string> layers;
+  for (size_t i = 0; i < 3; ++i) {
+    const size_t at = errors[i].find("layer ");
+    ASSERT_NE(at, std::string::npos) << errors[i];
+    layers.insert(errors[i].substr(at, errors[i].find(':', at) - at));
+  }
+  EXPECT_EQ(layers.size(), 3u) << errors[0] << " / " << errors[1] << " / " << errors[2];
+  EXPECT_LE(static_cast<int64_t>(errors.size()), res[1].metrics.transfers_failed);
+}
+
 TEST(ControllerTest, PlanHashMismatchSkipsTheCycle) {
   WorldOptions o;
   o.layers = 3;
