@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -166,10 +167,33 @@ std::optional<double> ParseNumber(std::string_view s) {
   return v;
 }
 
+// A field as quoted in a message: at most 40 characters, control bytes escaped.
+std::string Quoted(std::string_view field) {
+  std::string out = "\"";
+  for (size_t i = 0; i < field.size() && i < 36; ++i) {
+    const auto c = static_cast<unsigned char>(field[i]);
+    out += c < 0x20 || c == 0x7f ? fmt::format("\\x{:02x}", c) : std::string(1, field[i]);
+  }
+  return out + (field.size() > 36 ? "...\"" : "\"");
+}
+
+// Whether a field that is not a number can be a column name: not empty and not one of the usual
+// markers of a missing value (a row of those is data, and an error).
+bool HeaderField(std::string_view f) {
+  std::string lower(f);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (std::string_view missing : {"", "n/a", "na", "null", "none", "-", "?"}) {
+    if (lower == missing) return false;
+  }
+  return !ParseNumber(f);
+}
+
 StatusOr<LoadFile> ParseCsvLoad(std::string_view text, const std::string& origin) {
   Rows rows;
   size_t first_row_line = 0;
   bool header_possible = true;
+  size_t header_line = 0, header_fields = 0;  // header_line 0: none
   size_t line_no = 0;
   while (!text.empty()) {
     const size_t newline = text.find('\n');
@@ -178,9 +202,11 @@ StatusOr<LoadFile> ParseCsvLoad(std::string_view text, const std::string& origin
     ++line_no;
     if (line.empty() || line[0] == '#') continue;
     const std::vector<std::string_view> fields = SplitFields(line);
-    // The first content line is a header when none of its fields is a number.
+    // The first content line is a header when each of its fields can be a column name.
     if (std::exchange(header_possible, false) &&
-        std::none_of(fields.begin(), fields.end(), [](auto f) { return ParseNumber(f); })) {
+        std::all_of(fields.begin(), fields.end(), HeaderField)) {
+      header_line = line_no;
+      header_fields = fields.size();
       continue;
     }
     std::vector<double> row;
@@ -188,7 +214,7 @@ StatusOr<LoadFile> ParseCsvLoad(std::string_view text, const std::string& origin
     for (size_t j = 0; j < fields.size(); ++j) {
       const std::optional<double> v = ParseNumber(fields[j]);
       if (!v || !IsLoad(*v)) {
-        const std::string got = v ? std::string(fields[j]) : fmt::format("\"{}\"", fields[j]);
+        const std::string got = v ? std::string(fields[j]) : Quoted(fields[j]);
         return Status::Invalid(fmt::format("{}: line {}, field {}: {}, got {}", origin, line_no,
                                            j + 1, kExpectedLoad, got));
       }
@@ -206,9 +232,18 @@ StatusOr<LoadFile> ParseCsvLoad(std::string_view text, const std::string& origin
     }
     rows.push_back(std::move(row));
   }
+  if (rows.empty() && header_line > 0) {
+    return Status::Invalid(fmt::format(
+        "{}: line {}: no number in it, and no row of numbers after it (a CSV load is one row of "
+        "comma-separated numbers per layer, after an optional header)",
+        origin, header_line));
+  }
   if (rows.empty()) {
-    return Status::Invalid(
-        fmt::format("{}: no data rows (only blank, comment or header lines)", origin));
+    return Status::Invalid(fmt::format("{}: no data rows (only blank or comment lines)", origin));
+  }
+  if (header_line > 0 && header_fields != rows[0].size()) {
+    return Status::Invalid(fmt::format("{}: line {}: the header has {} fields, the rows {}", origin,
+                                       header_line, header_fields, rows[0].size()));
   }
   return Finish(rows, origin);
 }

@@ -290,7 +290,8 @@ const BadMap kBadMaps[] = {
      "2; every device needs the same number of slots"},
     // vllm-ascend ids.
     {"FloatId", Vllm([](json& j) { Device(j, 0, 1)["device_expert"][0] = 2.0; }),
-     "layer_list[0].device_list[1].device_expert[0]: expected an integer logical expert id, got 2"},
+     "layer_list[0].device_list[1].device_expert[0]: expected an integer logical expert id, got "
+     "2.0"},  // before: "got 2", which read as an integer
     {"StringId", Vllm([](json& j) { Device(j, 1, 0)["device_expert"][1] = "2"; }),
      "layer_list[1].device_list[0].device_expert[1]: expected an integer logical expert id, got "
      "\"2\""},

@@ -141,7 +141,9 @@ TEST(LoadFileTest, RandomLoadsReadBackFromEveryFormat) {
     LoadMatrix load = testing::RandomLoad(rng, shape);
     load.at(0, 0) += 1;  // at least one row carries load
     std::vector<std::string> rows;
-    std::string csv = "# random\nheader\n";
+    std::string csv = "# random\n";
+    for (int e = 0; e < load.experts(); ++e) csv += fmt::format("{}e{}", e > 0 ? "," : "", e);
+    csv += "\n";  // a header: one name per column
     for (int l = 0; l < load.layers(); ++l) {
       rows.push_back(fmt::format("[{}]", fmt::join(load.row(l), ", ")));
       csv += fmt::format("{}\n", fmt::join(load.row(l), ","));
@@ -249,7 +251,24 @@ const BadLoad kBadLoads[] = {
      "line 3: the values sum to more than the largest double (1.79769e+308); scale them down"},
     {"CsvRagged", "1,2\n\n3\n", "line 3: has 1 values, the first row (line 1) has 2"},
     {"CsvNoRows", "# only\nexpert_a,expert_b\n\n",
-     "no data rows (only blank, comment or header lines)"},
+     "line 2: no number in it, and no row of numbers after it (a CSV load is one row of "
+     "comma-separated numbers per layer, after an optional header)"},
+    {"CsvOnlyComments", "# only\n\n", "no data rows (only blank or comment lines)"},
+    // Found in review: these were accepted (a row dropped as a header, a header of another
+    // width) or said "no data rows".
+    {"CsvMissingValueMarkers", "N/A,N/A\n1,2\n",
+     "line 1, field 1: expected a non-negative finite number, got \"N/A\""},
+    {"CsvHeaderOfAnotherWidth", "x\n1,2,3,4\n", "line 1: the header has 1 fields, the rows 4"},
+    {"CsvSemicolons", "1;2;3;4\n",
+     "line 1: no number in it, and no row of numbers after it (a CSV load is one row of "
+     "comma-separated numbers per layer, after an optional header)"},
+    {"CsvLongFieldCutAndEscaped", "1,2\n3,abcdefghijklmnopqrstuvwxyz0123456789ABCDEF\x01\n",
+     "line 2, field 2: expected a non-negative finite number, got "
+     "\"abcdefghijklmnopqrstuvwxyz0123456789...\""},
+    {"CsvControlByteEscaped",
+     "1,2\n3,a\x01"
+     "b\n",
+     "line 2, field 2: expected a non-negative finite number, got \"a\\x01b\""},
     {"CsvAllRowsZero", "0,0\n0,0\n0,0\n", "all 3 rows are zero; no layer carries any load"},
 };
 

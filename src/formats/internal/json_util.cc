@@ -112,8 +112,8 @@ std::string Describe(const json& v) {
       return "an array";
     case json::value_t::object:
       return "an object";
-    case json::value_t::number_float:
-      return fmt::format("{}", v.get<double>());
+    case json::value_t::number_float:  // as written: 1.0 stays 1.0 where an integer is expected
+      return v.dump();
     case json::value_t::string: {
       std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
       return s.size() <= 40 ? s : s.substr(0, 36) + "...\"";
