@@ -45,6 +45,26 @@ inline void Check(const Status& s) {
   if (!s.ok()) Raise(s);
 }
 
+// A file path given as str or os.PathLike (pathlib.Path), as the text the C++ side opens. A NUL
+// character is an error: the path would end there and name another file.
+inline std::string PathArg(const py::object& path, const char* name) {
+  py::object text;
+  try {
+    text = py::module_::import("os").attr("fspath")(path);
+  } catch (const py::error_already_set&) {
+    throw py::type_error(fmt::format("{}: expected a str or os.PathLike path, got {}", name,
+                                     std::string(py::str(py::type::of(path).attr("__name__")))));
+  }
+  if (!py::isinstance<py::str>(text)) {
+    throw py::type_error(fmt::format("{}: expected a str path, got bytes", name));
+  }
+  std::string s = text.cast<std::string>();
+  if (s.find('\0') != std::string::npos) {
+    throw py::value_error(fmt::format("{}: contains a NUL character", name));
+  }
+  return s;
+}
+
 // numpy.asarray(obj), which must have `ndim` dimensions (each below 2^31) and hold integers, or
 // with `floats` any real numbers.
 inline py::array AsArray(const py::object& obj, const char* name, int ndim, bool floats) {

@@ -181,7 +181,9 @@ class PyController {
       const std::string text = py::str(py::module_::import("json").attr("dumps")(config));
       return Take(ParseRuntimeConfig(text, "config"));
     }
-    if (py::isinstance<py::str>(config)) return Take(LoadRuntimeConfig(config.cast<std::string>()));
+    if (py::isinstance<py::str>(config) || py::hasattr(config, "__fspath__")) {
+      return Take(LoadRuntimeConfig(PathArg(config, "config")));
+    }
     throw py::type_error("config: expected a dict, JSON text, a path or None, got " +
                          std::string(py::str(py::type::of(config).attr("__name__"))));
   }

@@ -45,6 +45,10 @@ LoadMatrix ToLoad(const py::object& obj, const char* name) {
 
 // A [layers, ranks * slots_per_rank] array of logical ids as a validated placement.
 Placement ToPlacement(const py::object& obj, const char* name, int ranks, int experts) {
+  if (experts < -1 || experts == 0) {
+    throw py::value_error(fmt::format(
+        "num_logical_experts: expected -1 (taken from the ids) or a count > 0, got {}", experts));
+  }
   const Int64Array a = Int64Array::ensure(AsArray(obj, name, 2, /*floats=*/false));
   const auto layers = static_cast<int>(a.shape(0));
   const auto slots = static_cast<int64_t>(a.shape(1));
@@ -266,8 +270,8 @@ slots_changed.)");
 
   m.def(
       "read_expert_map",
-      [](const std::string& path, int num_logical_experts, int num_gpus) {
-        const MapFile f = Take(ReadExpertMap(path, num_logical_experts, num_gpus));
+      [](const py::object& path, int num_logical_experts, int num_gpus) {
+        const MapFile f = Take(ReadExpertMap(PathArg(path, "path"), num_logical_experts, num_gpus));
         return std::make_tuple(Phy2Log(f.placement), f.placement.ranks());
       },
       py::arg("path"), py::arg("num_logical_experts") = -1, py::arg("num_gpus") = -1,
@@ -276,10 +280,11 @@ slots_changed.)");
 
   m.def(
       "write_expert_map",
-      [](const std::string& path, const py::object& phy2log, int num_gpus,
-         const std::string& format, int num_logical_experts) {
+      [](const py::object& path, const py::object& phy2log, int num_gpus, const std::string& format,
+         int num_logical_experts) {
+        const std::string file = PathArg(path, "path");
         const Placement p = ToPlacement(phy2log, "phy2log", num_gpus, num_logical_experts);
-        Check(WriteExpertMap(path, p, Take(ParseMapFormat(format))));
+        Check(WriteExpertMap(file, p, Take(ParseMapFormat(format))));
       },
       py::arg("path"), py::arg("phy2log"), py::arg("num_gpus"), py::kw_only(),
       py::arg("format") = "vllm-ascend", py::arg("num_logical_experts") = -1,
@@ -288,8 +293,8 @@ slots_changed.)");
 
   m.def(
       "read_load",
-      [](const std::string& path) {
-        const LoadFile f = Take(ReadLoadFile(path));
+      [](const py::object& path) {
+        const LoadFile f = Take(ReadLoadFile(PathArg(path, "path")));
         DoubleArray out({f.all.layers(), f.all.experts()});
         std::copy(f.all.values().begin(), f.all.values().end(), out.mutable_data());
         return out;

@@ -189,6 +189,23 @@ def test_expert_maps_round_trip_and_missing_files_raise(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_paths_may_be_pathlike_and_never_hold_a_nul(tmp_path):
+    # Found in review: pathlib.Path was refused, and "a.json\0junk" read or wrote a.json.
+    phy2log, _, _ = sb.rebalance_experts(WEIGHT, 16, 1, 1, 8)
+    sb.write_expert_map(tmp_path / "m.json", phy2log, 8)
+    again, _ = sb.read_expert_map(tmp_path / "m.json")
+    np.testing.assert_array_equal(again, phy2log)
+    with pytest.raises(ValueError, match="path: contains a NUL character"):
+        sb.write_expert_map(str(tmp_path / "n.json") + "\0x", phy2log, 8)
+    assert not (tmp_path / "n.json").exists()
+    with pytest.raises(ValueError, match="path: contains a NUL character"):
+        sb.read_load(str(tmp_path / "m.json") + "\0junk")
+    with pytest.raises(TypeError, match="path: expected a str or os.PathLike path, got int"):
+        sb.read_load(3)
+    with pytest.raises(ValueError, match="num_logical_experts: expected -1"):
+        sb.write_expert_map(tmp_path / "k.json", phy2log, 8, num_logical_experts=-5)
+
+
 def test_read_load_keeps_dense_rows(tmp_path):
     path = tmp_path / "load.json"
     path.write_text(json.dumps({"logical_count": [[0, 0, 0], [3, 1, 2]]}))

@@ -224,6 +224,14 @@ int RunDemo(const DemoArgs& a) {
     if (!user.ok()) return Fail(cmd, user.status());
     nlohmann::json given = nlohmann::json::parse(*text, nullptr, false);
     if (given.contains("eplb_config")) given = given["eplb_config"];
+    // --eplb decides whether the demo balances; a dynamic_eplb that says otherwise would be
+    // ignored (off) or would turn the balancing asked for off (sync, async).
+    if (given.contains("dynamic_eplb") && user->dynamic_eplb != (a.mode != "off")) {
+      return Fail(cmd, Status::Invalid(fmt::format(
+                           "--eplb-config: dynamic_eplb {} contradicts --eplb {}; leave it out "
+                           "(--eplb off runs without balancing, sync and async balance)",
+                           user->dynamic_eplb, a.mode)));
+    }
     for (const auto& [key, value] : given.items()) base[key] = value;  // the user's keys win
   }
   auto cfg = ParseRuntimeConfig(base.dump(), "demo configuration");

@@ -324,6 +324,11 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
               "eplb demo: rank 0: model: nodes must be > 0 and divide the 4 ranks, got 3", out);
   ExpectError("demo --nodes 2 --eplb off --steps 2",
               "eplb demo: --nodes applies to --eplb sync or async only", out);
+  // Before: accepted, and the demo reported "async" while nothing was balanced.
+  ExpectError("demo --steps 2 --eplb async --eplb-config '{\"dynamic_eplb\": false}'",
+              "eplb demo: --eplb-config: dynamic_eplb false contradicts --eplb async", out);
+  ExpectError("demo --steps 2 --eplb off --eplb-config '{\"dynamic_eplb\": true}'",
+              "eplb demo: --eplb-config: dynamic_eplb true contradicts --eplb off", out);
   // 12 MiB x 2^20 per expert: more than any machine has, refused before anything is allocated.
   ExpectError(
       "demo --hidden 1048576 --ffn 1048576 --steps 2",
