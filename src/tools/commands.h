@@ -63,6 +63,11 @@ StatusOr<LoadInput> ReadLoad(const LoadArgs& args);
 // symlinked folder, a hard link): "<path>: named for two outputs (also as <other>)".
 Status CheckDistinctOutputs(const std::vector<std::string>& paths);
 
+// Before a command does its work: the outputs are distinct (CheckDistinctOutputs), each may be
+// written (CheckOutputFile) and its directory exists, so that a long run does not end in an
+// error it could have given at once. WriteOutputs checks again when it writes.
+Status CheckOutputsUpFront(const std::vector<std::string>& paths);
+
 // OK unless an output names the same file as one of `inputs` (under any spelling, as above):
 // "<output>: an output that is also an input (<what> <input>); ...".
 Status CheckOutputsAreNotInputs(const std::vector<std::string>& outputs,

@@ -237,9 +237,11 @@ int RunDemo(const DemoArgs& a) {
   auto cfg = ParseRuntimeConfig(base.dump(), "demo configuration");
   if (!cfg.ok()) return Fail(cmd, cfg.status());
   if (a.mode == "off") cfg->dynamic_eplb = false;
-  if (!a.report_path.empty() && !a.csv_path.empty()) {
-    if (Status s = CheckDistinctOutputs({a.report_path, a.csv_path}); !s.ok()) return Fail(cmd, s);
+  std::vector<std::string> outputs_named;  // checked before the run, not only after it
+  for (const std::string* path : {&a.report_path, &a.csv_path}) {
+    if (!path->empty()) outputs_named.push_back(*path);
   }
+  if (Status s = CheckOutputsUpFront(outputs_named); !s.ok()) return Fail(cmd, s);
   auto slots_per_rank = ResolveSlotsPerRank(*cfg, a.engine.experts, a.ranks);
   if (!slots_per_rank.ok()) return Fail(cmd, slots_per_rank.status());
   if (Status s = CheckMemory(a, *slots_per_rank); !s.ok()) return Fail(cmd, s);

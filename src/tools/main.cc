@@ -34,6 +34,29 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "eplb: unknown command '{}'; known: {}\n", argv[1], fmt::join(names, ", "));
     return 1;
   }
+  // An option the command does not have is named first (CLI11 checks required options before
+  // it looks for unknown ones, so `eplb plan --bogus` said "--ranks is required").
+  if (argc > 1) {
+    const auto command = std::find_if(actions.begin(), actions.end(), [&](const auto& a) {
+      return a.first->get_name() == argv[1];
+    });
+    for (int i = 2; command != actions.end() && i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--") break;
+      if (!arg.starts_with("--") || arg.size() == 2) continue;
+      const std::string name = arg.substr(2, arg.find('=') - 2);
+      bool known = false;
+      for (const CLI::Option* o : command->first->get_options()) {
+        const auto& names = o->get_lnames();
+        known = known || std::find(names.begin(), names.end(), name) != names.end();
+      }
+      if (!known) {
+        fmt::print(stderr, "eplb {}: unknown option --{} (see eplb {} --help)\n", argv[1], name,
+                   argv[1]);
+        return 1;
+      }
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

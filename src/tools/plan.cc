@@ -70,6 +70,7 @@ int RunPlan(const PlanArgs& a) {
   if (Status s = CheckOutputsAreNotInputs(outputs_named, a.load.paths, "--load"); !s.ok()) {
     return Fail(cmd, s);
   }
+  if (Status s = CheckOutputsUpFront(outputs_named); !s.ok()) return Fail(cmd, s);
   if (a.current_path.empty()) {
     for (const CLI::Option* o : a.replan_only) {
       if (o->count() > 0) {

@@ -383,6 +383,15 @@ TEST_F(CliTest, ValuesAreReadAsWritten) {
               "eplb plan: --out: expected a value, got an empty string", out);
   ExpectError(gen + "--ranks 4 --slots-per-rank 3 --current '' --out " + out,
               "eplb plan: --current: expected a value, got an empty string", out);
+  // An unknown option is named (before: "--ranks is required"), also as --name=value.
+  ExpectError("plan --bogus", "eplb plan: unknown option --bogus (see eplb plan --help)", out);
+  ExpectError(gen + "--ranks 4 --slots-per-rank 3 --bogus=3 --out " + out,
+              "eplb plan: unknown option --bogus", out);
+  // An output that cannot be written is refused before the work (the demo ran to the end first).
+  ExpectError("demo --steps 2 --report " + Path("no/such/dir/r.json"),
+              "eplb demo: " + Path("no/such/dir/r.json") + ": cannot write: the directory " +
+                  Path("no/such/dir") + " does not exist",
+              out);
   // Options that would be ignored are errors.
   ExpectError(gen + "--ranks 4 --slots-per-rank 3 --max-changes-per-cycle 0 --out " + out,
               "eplb plan: --max-changes-per-cycle caps a re-plan from --current", out);
