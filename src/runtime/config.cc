@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -370,8 +371,44 @@ Status ValidateRuntimeConfig(const RuntimeConfig& config) {
   return Status::Ok();
 }
 
+Status CheckConfigPaths(const RuntimeConfig& config) {
+  namespace fs = std::filesystem;
+  if (!config.expert_map_path.empty() && !config.expert_load_path.empty()) {
+    return Status::Invalid(fmt::format(
+        "{}.expert_load_path: give expert_map_path or expert_load_path, not both (the initial "
+        "placement is either a map or the algorithm's placement for a load)",
+        kWrapper));
+  }
+  for (const auto& [key, path] : {std::pair{"expert_map_path", &config.expert_map_path},
+                                  std::pair{"expert_load_path", &config.expert_load_path}}) {
+    if (path->empty()) continue;
+    std::error_code ec;
+    const fs::file_status st = fs::status(*path, ec);
+    if (!fs::exists(st)) {
+      return Status::NotFound(
+          fmt::format("{}.{}: {}: cannot open: No such file or directory", kWrapper, key, *path));
+    }
+    if (fs::is_directory(st)) {
+      return Status::IoError(
+          fmt::format("{}.{}: {}: cannot read: Is a directory", kWrapper, key, *path));
+    }
+  }
+  if (const std::string& path = config.expert_map_record_path; !path.empty()) {
+    const std::string where = fmt::format("{}.expert_map_record_path", kWrapper);
+    EPLB_RETURN_IF_ERROR(CheckOutputFile(path).WithPrefix(where));
+    const fs::path dir = fs::path(path).parent_path();
+    std::error_code ec;
+    if (!dir.empty() && !fs::is_directory(dir, ec)) {
+      return Status::IoError(fmt::format("{}: {}: cannot write: the directory {} does not exist",
+                                         where, path, dir.string()));
+    }
+  }
+  return Status::Ok();
+}
+
 StatusOr<RuntimeStart> ResolveStart(const RuntimeConfig& config, int experts, int ranks) {
   EPLB_RETURN_IF_ERROR(ValidateRuntimeConfig(config));
+  EPLB_RETURN_IF_ERROR(CheckConfigPaths(config));
   if (experts <= 0) {
     return Status::Invalid(fmt::format("model: experts must be > 0, got {}", experts));
   }
@@ -392,12 +429,6 @@ StatusOr<RuntimeStart> ResolveStart(const RuntimeConfig& config, int experts, in
         "more than the {} experts (a rank holds at most one replica of each); nearest valid "
         "num_redundant_experts: {}",
         kWrapper, e, k, r, slots_per_rank, e, NearestValidRedundancy(e, k, r)));
-  }
-  if (!config.expert_map_path.empty() && !config.expert_load_path.empty()) {
-    return Status::Invalid(fmt::format(
-        "{}.expert_load_path: give expert_map_path or expert_load_path, not both (the initial "
-        "placement is either a map or the algorithm's placement for a load)",
-        kWrapper));
   }
   RuntimeStart start;
   start.slots_per_rank = static_cast<int>(slots_per_rank);

@@ -27,6 +27,8 @@ Action AddCheckConfig(CLI::App& app) {
   return [a] {
     auto config = LoadRuntimeConfig(a->config);
     if (!config.ok()) return Fail("check-config", config.status());
+    // Without a model the files are still checked (with one, ResolveStart reads them).
+    if (Status s = CheckConfigPaths(*config); !s.ok()) return Fail("check-config", s);
     std::string shape;
     if (a->experts >= 0 || a->ranks >= 0) {
       auto slots = ResolveSlotsPerRank(*config, a->experts, a->ranks);

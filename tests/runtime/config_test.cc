@@ -1,6 +1,7 @@
 #include "eplb/config.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <fstream>
 #include <limits>
@@ -24,6 +25,12 @@ std::string ErrorOf(const std::string& text) {
   EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument) << c.status().message();
   EXPECT_EQ(c.status().message().find('\n'), std::string::npos) << "not one line: " << text;
   return c.status().message();
+}
+
+std::string ErrorOf(const Status& s) {
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.message().find('\n'), std::string::npos) << s.message();
+  return s.message();
 }
 
 std::string ErrorOf(const StatusOr<int>& s) {
@@ -622,6 +629,34 @@ TEST(ResolveSlotsPerRankTest, ChecksALoadFileAndRefusesItBesideAMap) {
   c.expert_load_path = dir / "missing.csv";
   EXPECT_NE(ErrorOf(ResolveSlotsPerRank(c, 8, 2)).find("eplb_config.expert_load_path: "),
             std::string::npos);
+}
+
+// Found in review: without a model check-config accepted a missing map, and a record path in a
+// missing folder or on a pipe failed only at a later cycle (or hung, for a pipe).
+TEST(CheckConfigPathsTest, FilesAreCheckedWithoutAModel) {
+  ScratchDir dir;
+  RuntimeConfig c;
+  EXPECT_TRUE(CheckConfigPaths(c).ok());
+  c.expert_map_path = dir / "missing.json";
+  EXPECT_EQ(ErrorOf(CheckConfigPaths(c)), "eplb_config.expert_map_path: " + dir / "missing.json" +
+                                              ": cannot open: No such file or directory");
+  c.expert_map_path.clear();
+  c.expert_load_path = dir.path().string();
+  EXPECT_EQ(ErrorOf(CheckConfigPaths(c)), "eplb_config.expert_load_path: " + dir.path().string() +
+                                              ": cannot read: Is a directory");
+  c.expert_load_path.clear();
+  c.expert_map_record_path = dir / "no/such/record.json";
+  EXPECT_EQ(ErrorOf(CheckConfigPaths(c)),
+            "eplb_config.expert_map_record_path: " + dir / "no/such/record.json" +
+                ": cannot write: the directory " + dir / "no/such" + " does not exist");
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
+  c.expert_map_record_path = dir / "fifo";
+  EXPECT_EQ(ErrorOf(CheckConfigPaths(c)),
+            "eplb_config.expert_map_record_path: " + dir / "fifo" +
+                ": not a regular file (a device, pipe or socket); refusing to replace it");
+  EXPECT_EQ(ErrorOf(ResolveSlotsPerRank(c, 8, 2)), ErrorOf(CheckConfigPaths(c)));
+  c.expert_map_record_path = dir / "record.json";
+  EXPECT_TRUE(CheckConfigPaths(c).ok());
 }
 
 TEST(ResolveSlotsPerRankTest, RejectsAMapOfAnotherShape) {

@@ -286,6 +286,10 @@ TEST_F(CliTest, BadInputsFailCleanly) {
   ExpectError("plan --ranks 4", "--slots-per-rank", Path("none"));
   ExpectError("check-config '{\"dynamic_eplb\": 1}'", "eplb_config.dynamic_eplb", Path("none"));
   ExpectError("check-config " + Path("missing.json"), "missing.json", Path("none"));
+  ExpectError(
+      "check-config '{\"expert_map_path\": \"" + Path("nomap.json") + "\"}'",
+      "eplb check-config: eplb_config.expert_map_path: " + Path("nomap.json") + ": cannot open",
+      Path("none"));
   ExpectError("check-config '{\"num_redundant_experts\": 3}' --experts 8 --ranks 4",
               "num_redundant_experts", Path("none"));
   ExpectError("frobnicate", "frobnicate", Path("none"));
