@@ -110,6 +110,13 @@ class Communicator {
   // Waits until `request` completes, at most `timeout`; kDeadlineExceeded leaves it pending.
   virtual Status Wait(Request& request, std::chrono::milliseconds timeout) = 0;
 
+  // Declares that this rank will never receive `tag` again (the runtime retires the tag of a
+  // layer that rolled back): messages to this rank with that tag, queued or arriving later, are
+  // dropped and their memory freed (over MPI, received and dropped, which also completes the
+  // senders' sends), instead of being kept for a receive that never comes. A receive of that tag
+  // still posted gets no message. The default does nothing (a backend that keeps no messages).
+  virtual void DiscardTag(int tag) { (void)tag; }
+
   // Fails every pending and later operation of this communicator with kAborted and `reason`.
   // In-process, the whole world fails (every rank's waits wake up at once). MPI: only this
   // process's communicator; the other processes notice through their timeouts. Never kills the

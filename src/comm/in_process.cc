@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,7 @@ struct Mailbox {
   std::mutex mu;
   std::condition_variable cv;       // a receive was matched (any tag), or abort / gone changed
   std::map<int, TagQueues> by_tag;  // guarded by mu; no entry with both queues empty
+  std::set<int> discarded;          // guarded by mu; tags the destination will never receive
 };
 
 enum class CollKind { kAllGather, kAllReduceInt64, kAllReduceDouble };
@@ -387,6 +389,7 @@ class InProcessCommunicator final : public Communicator {
     bool matched = false;
     {
       std::lock_guard lock(box.mu);
+      if (box.discarded.contains(tag)) return Request(std::move(request));  // dropped
       TagQueues& queues = box.by_tag[tag];
       if (!queues.receives.empty()) {
         std::shared_ptr<PendingRecv> receive = std::move(queues.receives.front());
@@ -401,6 +404,18 @@ class InProcessCommunicator final : public Communicator {
     }
     if (matched) box.cv.notify_all();
     return Request(std::move(request));
+  }
+
+  void DiscardTag(int tag) override {
+    for (int src = 0; src < size(); ++src) {
+      Mailbox& box = world_->Box(src, rank_);
+      std::lock_guard lock(box.mu);
+      box.discarded.insert(tag);
+      const auto it = box.by_tag.find(tag);
+      if (it == box.by_tag.end()) continue;
+      it->second.messages.clear();
+      if (it->second.receives.empty()) box.by_tag.erase(it);
+    }
   }
 
   StatusOr<Request> IRecv(int src, int tag, std::span<std::byte> buffer) override {

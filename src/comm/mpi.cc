@@ -30,6 +30,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -155,6 +156,8 @@ class MpiCore {
   StatusOr<bool> Match(RecvSlot* slot) {
     std::lock_guard lock(mu_);
     if (slot->matched) return true;
+    // A discarded tag's messages are drained, never matched.
+    if (discarded_.contains(slot->tag)) return false;
     const auto it = waiting_.find({slot->src, slot->tag});
     if (it == waiting_.end()) return slot->matched;
     std::deque<RecvSlot*>& queue = it->second;
@@ -178,11 +181,28 @@ class MpiCore {
     return matched;
   }
 
-  // Frees the orphans MPI has completed.
+  // Frees the orphans MPI has completed, and (at most once a millisecond) receives and drops the
+  // messages of discarded tags that have arrived.
   void PollOrphans() {
+    if (discarded_count_.load(std::memory_order_relaxed) > 0) {
+      std::lock_guard lock(mu_);
+      const Clock::time_point now = Clock::now();
+      if (now >= next_drain_) {
+        next_drain_ = now + std::chrono::milliseconds(1);
+        DrainLocked();
+      }
+    }
     if (orphan_count_.load(std::memory_order_relaxed) == 0) return;
     std::lock_guard lock(mu_);
     PollOrphansLocked();
+  }
+
+  // This rank never receives `tag` again: what arrives with it is received and dropped.
+  void Discard(int tag) {
+    std::lock_guard lock(mu_);
+    if (closed_ || !discarded_.insert(tag).second) return;
+    discarded_count_.store(static_cast<int>(discarded_.size()), std::memory_order_relaxed);
+    DrainLocked();
   }
 
   // Called once by the communicator's destructor: gives the orphans up to `grace` to complete,
@@ -201,6 +221,33 @@ class MpiCore {
   }
 
  private:
+  // Each message of a discarded tag that has arrived is received as an orphan (its buffer freed
+  // once MPI completes it), which also completes its sender's send.
+  void DrainLocked() {
+    if (closed_) return;
+    for (int tag : discarded_) {
+      while (true) {
+        int flag = 0;
+        MPI_Message message = MPI_MESSAGE_NULL;
+        MPI_Status status;
+        if (MPI_Improbe(MPI_ANY_SOURCE, tag, comm_, &flag, &message, &status) != MPI_SUCCESS ||
+            !flag) {
+          break;
+        }
+        int count = 0;
+        MPI_Get_count(&status, MPI_BYTE, &count);
+        auto op = std::make_unique<MpiOp>();
+        op->out.resize(static_cast<std::size_t>(std::max(count, 0)));
+        if (MPI_Imrecv(op->out.data(), count, MPI_BYTE, &message, &op->request) != MPI_SUCCESS) {
+          op.release();  // NOLINT: in an unknown state after an error, so never freed
+          continue;
+        }
+        orphans_.push_back(std::move(op));
+      }
+    }
+    orphan_count_.store(static_cast<int>(orphans_.size()), std::memory_order_relaxed);
+  }
+
   void PollOrphansLocked() {
     std::erase_if(orphans_, [](std::unique_ptr<MpiOp>& op) {
       int flag = 0;
@@ -224,6 +271,9 @@ class MpiCore {
   std::vector<std::unique_ptr<MpiOp>> orphans_;  // guarded by mu_
   // Posted receives not matched yet, per (source, tag), in posting order; guarded by mu_.
   std::map<std::pair<int, int>, std::deque<RecvSlot*>> waiting_;
+  std::set<int> discarded_;  // guarded by mu_: tags this rank never receives again
+  std::atomic<int> discarded_count_{0};
+  Clock::time_point next_drain_{};  // guarded by mu_
 };
 
 class MpiRequest final : public RequestBase {
@@ -384,6 +434,8 @@ class MpiCommunicator final : public Communicator {
                                                 std::move(op), std::span<std::byte>()));
   }
 
+  void DiscardTag(int tag) override { core_->Discard(tag); }
+
   StatusOr<Request> IRecv(int src, int tag, std::span<std::byte> buffer) override {
     EPLB_RETURN_IF_ERROR(comm_internal::CheckPeer("IRecv", rank(), size(), "source", src));
     EPLB_RETURN_IF_ERROR(comm_internal::CheckTag("IRecv", rank(), tag));
@@ -435,8 +487,10 @@ class MpiCommunicator final : public Communicator {
   Status Wait(Request& request, std::chrono::milliseconds timeout) override {
     EPLB_ASSIGN_OR_RETURN(MpiRequest * own, Own(request, "Wait"));
     const Clock::time_point deadline = comm_internal::DeadlineAfter(timeout);
-    core_->PollOrphans();
     for (int polls = 0;; ++polls) {
+      // Every poll: a rank that waits still drains the messages of its discarded tags, which
+      // its peers' sends may be waiting for.
+      core_->PollOrphans();
       EPLB_ASSIGN_OR_RETURN(bool done, own->Poll());
       if (done) return Status::Ok();
       if (Clock::now() >= deadline) {

@@ -566,11 +566,16 @@ struct Controller::Impl {
           "rank; rolled back on every rank",
           rank, cycle, l);
     }
-    tags.Poison(session->plan().layers[l].tag);
+    const int tag = session->plan().layers[l].tag;
+    tags.Poison(tag);
     finished[l] = 1;
     outcome[l] = -1;
     const bool failed_here = session->state(l) == runtime_internal::kFailed;
     session->Release(l);
+    // The layer's copies that reach this rank late are never received: without this they stayed
+    // queued (in-process) or kept their senders' sends open (MPI) for good, every rolled-back
+    // cycle adding its copies.
+    comm->DiscardTag(tag);
     std::lock_guard lock(mu);
     ++metrics.layers_rolled_back;
     if (failed_here) ++metrics.transfers_failed;

@@ -64,6 +64,10 @@ TEST_P(InProcessTest, OutOfOrderPostingAndWaiting) {
   RunWorld(GetParam(), testing::CheckOutOfOrderPostingAndWaiting);
 }
 
+TEST_P(InProcessTest, DiscardedTagDropsMessages) {
+  RunWorld(GetParam(), testing::CheckDiscardedTagDropsMessages);
+}
+
 TEST_P(InProcessTest, TestPollsUntilTheMessageArrives) {
   RunWorld(GetParam(), [](Communicator& comm) {
     const int n = comm.size();

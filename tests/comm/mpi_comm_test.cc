@@ -49,6 +49,8 @@ TEST(MpiComm, ManyMessagesWithRandomSizesByteForByte) {
 
 TEST(MpiComm, OutOfOrderPostingAndWaiting) { testing::CheckOutOfOrderPostingAndWaiting(*g_comm); }
 
+TEST(MpiComm, DiscardedTagDropsMessages) { testing::CheckDiscardedTagDropsMessages(*g_comm); }
+
 TEST(MpiComm, AllGatherBlockingAndNonBlocking) { testing::CheckAllGather(*g_comm, 100); }
 
 TEST(MpiComm, AllReduceInt64AndDouble) { testing::CheckAllReduce(*g_comm, 40); }

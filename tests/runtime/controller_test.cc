@@ -108,6 +108,10 @@ class TestComm : public Communicator {
     }
   }
   void Abort(std::string reason) override { inner_->Abort(std::move(reason)); }
+  void DiscardTag(int tag) override {
+    inner_->DiscardTag(tag);
+    ++discarded_tags;
+  }
 
   // True when a send that has not completed reads any byte of `memory`.
   bool SendPendingOn(std::span<const std::byte> memory) {
@@ -123,6 +127,7 @@ class TestComm : public Communicator {
 
   bool stall_p2p = false;
   bool corrupt_hash = false;
+  std::atomic<int> discarded_tags{0};  // DiscardTag calls
 
  private:
   struct P2P : RequestBase {
@@ -198,6 +203,7 @@ struct RankResult {
   std::vector<uint64_t> epochs;
   std::vector<int> initial;  // all layers
   int slots_per_rank = 0;
+  int discarded_tags = 0;  // the communicator's DiscardTag calls
 };
 
 std::vector<RankResult> RunWorld(const WorldOptions& o) {
@@ -266,6 +272,7 @@ std::vector<RankResult> RunWorld(const WorldOptions& o) {
       if (res.violation.empty()) res.violation = engine.Verify();
       res.commits = ctl->CommitLog();
       res.metrics = ctl->Metrics();
+      res.discarded_tags = comm->discarded_tags.load();
       for (int l = 0; l < o.layers; ++l) {
         auto snap = ctl->Routing(l);
         res.phy2log.insert(res.phy2log.end(), snap->phy2log.begin(), snap->phy2log.end());
@@ -448,7 +455,11 @@ TEST(ControllerTest, TransfersThatTimeOutRollTheLayersBackOnEveryRank) {
   o.setup = [](TestComm& comm) { comm.stall_p2p = comm.rank() == 1; };
   const auto res = RunWorld(o);
   ExpectAgreement(res, /*allow_step_errors=*/true);
-  for (const RankResult& r : res) EXPECT_GT(r.metrics.layers_rolled_back, 0);
+  for (const RankResult& r : res) {
+    EXPECT_GT(r.metrics.layers_rolled_back, 0);
+    // Each rolled-back layer's tag is discarded, so its late copies are freed, not kept.
+    EXPECT_EQ(r.discarded_tags, r.metrics.layers_rolled_back);
+  }
   EXPECT_GT(res[1].metrics.transfers_failed, 0);
   ASSERT_FALSE(res[1].step_errors.empty());
   EXPECT_NE(res[1].step_errors[0].find("not done after 300 ms"), std::string::npos)

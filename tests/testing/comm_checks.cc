@@ -275,4 +275,40 @@ void CheckNonBlockingCollectivesTestedOneStepLater(Communicator& comm, int steps
   EXPECT_EQ(completed, steps);
 }
 
+void CheckDiscardedTagDropsMessages(Communicator& comm) {
+  const int n = comm.size();
+  const int me = comm.rank();
+  const int next = (me + 1) % n;
+  const int prev = (me + n - 1) % n;
+  constexpr int kTag = 300;
+  constexpr std::size_t kBytes = std::size_t{1} << 20;
+  std::vector<std::byte> message(kBytes, std::byte(me));
+  auto before = comm.ISend(next, kTag, message);
+  ASSERT_TRUE(before.ok());
+  std::vector<std::byte> token(1), all(n);
+  ASSERT_TRUE(comm.AllGather(token, all, kCommWait).ok());  // every first send has started
+  comm.DiscardTag(kTag);
+  std::vector<std::byte> buffer(kBytes);
+  auto receive = comm.IRecv(prev, kTag, buffer);
+  ASSERT_TRUE(receive.ok());
+  EXPECT_EQ(comm.Wait(*receive, std::chrono::milliseconds(100)).code(),
+            StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(comm.Wait(*before, kCommWait).ok());
+  auto after = comm.ISend(next, kTag, message);
+  ASSERT_TRUE(after.ok());
+  ASSERT_TRUE(comm.Wait(*after, kCommWait).ok());
+  EXPECT_EQ(comm.Wait(*receive, std::chrono::milliseconds(50)).code(),
+            StatusCode::kDeadlineExceeded);
+  receive->reset();
+  // Another tag still goes through.
+  const int32_t value = me;
+  int32_t got = -1;
+  auto other = comm.IRecv(prev, kTag + 1, std::as_writable_bytes(std::span(&got, 1)));
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(comm.Send(next, kTag + 1, std::as_bytes(std::span(&value, 1)), kCommWait).ok());
+  ASSERT_TRUE(comm.Wait(*other, kCommWait).ok());
+  EXPECT_EQ(got, prev);
+  ASSERT_TRUE(comm.AllGather(token, all, kCommWait).ok());
+}
+
 }  // namespace eplb::testing

@@ -31,4 +31,9 @@ void CheckAllReduce(Communicator& comm, int rounds);
 // waited) at the next ones, so several are in flight at once.
 void CheckNonBlockingCollectivesTestedOneStepLater(Communicator& comm, int steps);
 
+// DiscardTag: a message to a rank that discarded its tag, sent before or after, is dropped (a
+// receive of that tag gets nothing) and its send completes (over MPI only once the receiver has
+// received and dropped it: 1 MiB goes by rendezvous); other tags are untouched.
+void CheckDiscardedTagDropsMessages(Communicator& comm);
+
 }  // namespace eplb::testing
