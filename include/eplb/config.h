@@ -65,9 +65,9 @@ StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json);
 // and ResolveStart (so Controller::Create) runs it first.
 Status ValidateRuntimeConfig(const RuntimeConfig& config);
 // Checks the configuration's files without a model: not both expert_map_path and
-// expert_load_path (the initial placement is one or the other), each given exists
-// and are not directories, expert_map_record_path is a regular file or none in a directory that
-// exists (not a device or pipe, which the atomic write would replace). ResolveStart runs it, so
+// expert_load_path (the initial placement is one or the other); each given exists and is not a
+// folder; expert_map_record_path passes CheckOutputFile (a regular file, or none in a folder that
+// exists; not a device or pipe, which the atomic write would replace). ResolveStart runs it, so
 // a record path that cannot be written fails Controller::Create, not a later cycle.
 Status CheckConfigPaths(const RuntimeConfig& config);
 // Where a configuration starts on a model of `experts` experts on `ranks` ranks.

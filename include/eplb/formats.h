@@ -68,8 +68,8 @@ Status WriteExpertMap(const std::string& path, const Placement& p, MapFormat for
 // symlink, the file it names is replaced and the link stays. Refuses (CheckOutputFile) a path
 // that names a directory, a device, a pipe or a socket: renaming over /dev/null would replace it.
 Status WriteFileAtomic(const std::string& path, const std::string& contents);
-// OK when `path` is not empty and names nothing yet or a regular file (through symlinks), i.e.
-// what WriteFileAtomic may replace; else the error it would give.
+// OK when `path` is not empty and names a regular file (through symlinks), or nothing yet in a
+// folder that exists: what WriteFileAtomic may write; else the error it gives.
 Status CheckOutputFile(const std::string& path);
 // Reads a whole file of at most max_bytes (an endless device such as /dev/zero is refused, not
 // read until memory runs out; the default is far above any load or map); the error names the

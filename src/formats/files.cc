@@ -91,9 +91,20 @@ Status CheckOutputFile(const std::string& path) {
   if (path.empty()) return Status::Invalid("cannot write a file with an empty path");
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {  // follows symlinks
-    // Absent (or a dangling symlink, which the write follows): nothing there to replace.
-    if (errno == ENOENT) return Status::Ok();
-    return Status::IoError(fmt::format("{}: cannot stat: {}", path, Reason(errno)));
+    if (errno != ENOENT) {
+      return Status::IoError(fmt::format("{}: cannot stat: {}", path, Reason(errno)));
+    }
+    // Absent (or a dangling symlink, which the write follows): nothing there to replace, but
+    // its folder must exist.
+    const std::string dir = DirectoryOf(path);
+    struct stat dir_st {};
+    if (::stat(dir.c_str(), &dir_st) != 0) {
+      return Status::IoError(fmt::format("{}: cannot write: {}: {}", path, dir, Reason(errno)));
+    }
+    if (!S_ISDIR(dir_st.st_mode)) {
+      return Status::IoError(fmt::format("{}: cannot write: {}: {}", path, dir, Reason(ENOTDIR)));
+    }
+    return Status::Ok();
   }
   if (S_ISDIR(st.st_mode)) {
     return Status::IoError(fmt::format("{}: cannot write: {}", path, Reason(EISDIR)));

@@ -394,14 +394,8 @@ Status CheckConfigPaths(const RuntimeConfig& config) {
     }
   }
   if (const std::string& path = config.expert_map_record_path; !path.empty()) {
-    const std::string where = fmt::format("{}.expert_map_record_path", kWrapper);
-    EPLB_RETURN_IF_ERROR(CheckOutputFile(path).WithPrefix(where));
-    const fs::path dir = fs::path(path).parent_path();
-    std::error_code ec;
-    if (!dir.empty() && !fs::is_directory(dir, ec)) {
-      return Status::IoError(fmt::format("{}: {}: cannot write: the directory {} does not exist",
-                                         where, path, dir.string()));
-    }
+    EPLB_RETURN_IF_ERROR(
+        CheckOutputFile(path).WithPrefix(fmt::format("{}.expert_map_record_path", kWrapper)));
   }
   return Status::Ok();
 }

@@ -186,17 +186,8 @@ Status CheckDistinctOutputs(const std::vector<std::string>& paths) {
 }
 
 Status CheckOutputsUpFront(const std::vector<std::string>& paths) {
-  namespace fs = std::filesystem;
   EPLB_RETURN_IF_ERROR(CheckDistinctOutputs(paths));
-  for (const std::string& path : paths) {
-    EPLB_RETURN_IF_ERROR(CheckOutputFile(path));
-    const fs::path dir = fs::path(path).parent_path();
-    std::error_code ec;
-    if (!dir.empty() && !fs::is_directory(dir, ec)) {
-      return Status::IoError(
-          fmt::format("{}: cannot write: the directory {} does not exist", path, dir.string()));
-    }
-  }
+  for (const std::string& path : paths) EPLB_RETURN_IF_ERROR(CheckOutputFile(path));
   return Status::Ok();
 }
 
