@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
@@ -95,6 +96,11 @@ Status AppendIds(const json& ids, const std::string& where, const std::string& o
       return Status::Invalid(
           fmt::format("{}: {}[{}]: expected an integer logical expert id, got {}", origin, where, i,
                       Describe(ids[i])));
+    }
+    if (ids[i].is_number_unsigned() && *id == std::numeric_limits<int64_t>::max()) {
+      // AsInteger saturated it: named as written, not as the saturated value.
+      return Status::Invalid(fmt::format("{}: {}[{}]: logical expert {} is out of range", origin,
+                                         where, i, ids[i].dump()));
     }
     out.push_back(*id);
   }

@@ -98,7 +98,7 @@ Status CheckDeclared(const json& doc, const std::string& key, size_t actual,
   }
   if (static_cast<uint64_t>(*n) != actual) {
     return Status::Invalid(
-        fmt::format("{}: {}: declares {}, but {}", origin, key, *n, actual_text));
+        fmt::format("{}: {}: declares {}, but {}", origin, key, it->dump(), actual_text));
   }
   return Status::Ok();
 }

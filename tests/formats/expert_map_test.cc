@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -344,6 +345,11 @@ const BadMap kBadMaps[] = {
      "physical_to_logical_map[1][2]: expected an integer logical expert id, got 1.5"},
     {"SglangIdOutOfRange", Sglang([](json& j) { j["physical_to_logical_map"][1][2] = 9; }),
      "physical_to_logical_map[1][2]: logical expert 9 is out of range [0, 4)", 4},
+    // Before: reported as 9223372036854775807, the value it saturated to.
+    {"SglangIdPastInt64", Sglang([](json& j) {
+       j["physical_to_logical_map"][1][2] = std::numeric_limits<uint64_t>::max();
+     }),
+     "physical_to_logical_map[1][2]: logical expert 18446744073709551615 is out of range"},
     {"SglangDuplicateOnRank", Sglang([](json& j) {
        j["physical_to_logical_map"][1] = {3, 2, 0, 0};
      }),

@@ -228,6 +228,8 @@ const BadLoad kBadLoads[] = {
      "num_layers: declares 3, but counts has 2 rows"},
     {"NumExpertsMismatch", R"({"counts": [[1, 2]], "num_experts": 5})",
      "num_experts: declares 5, but counts[0] has 2 values"},
+    {"NumLayersPastInt64", R"({"counts": [[1]], "num_layers": 18446744073709551615})",
+     "num_layers: declares 18446744073709551615, but counts has 1 rows"},
     {"NumLayersNotInteger", R"({"counts": [[1]], "num_layers": "1"})",
      "num_layers: expected a non-negative integer, got \"1\""},
     {"NumExpertsNegative", R"({"counts": [[1]], "num_experts": -1})",
