@@ -178,7 +178,23 @@ class PyController {
   static RuntimeConfig ToConfig(const py::object& config) {
     if (config.is_none()) return RuntimeConfig{};
     if (py::isinstance<py::dict>(config)) {
-      const std::string text = py::str(py::module_::import("json").attr("dumps")(config));
+      // numpy and torch scalars (np.int64(8)) are taken by value; NaN and infinities, which
+      // json.dumps would write as text no JSON reader takes, are refused here.
+      const py::cpp_function plain([](const py::object& value) -> py::object {
+        if (py::hasattr(value, "item")) return value.attr("item")();
+        throw py::type_error(
+            fmt::format("config: a {} is not a JSON value",
+                        std::string(py::str(py::type::of(value).attr("__name__")))));
+      });
+      std::string text;
+      try {
+        text = py::str(py::module_::import("json").attr("dumps")(
+            config, py::arg("allow_nan") = false, py::arg("default") = plain));
+      } catch (const py::error_already_set& e) {
+        if (!e.matches(PyExc_ValueError)) throw;
+        throw py::value_error(std::string("config: ") + e.what() +
+                              " (NaN and infinities are not valid values)");
+      }
       return Take(ParseRuntimeConfig(text, "config"));
     }
     if (py::isinstance<py::str>(config) || py::hasattr(config, "__fspath__")) {

@@ -112,6 +112,13 @@ def test_bad_configurations_and_arguments_raise_with_the_reason():
         sb.Controller("/nonexistent/cfg.json", 2, 8, world[0])
     with pytest.raises(TypeError, match="config: expected a dict, JSON text, a path or None, got list"):
         sb.Controller([], 2, 8, world[0])
+    # Before: "config: line 1, column 25: not valid JSON", and json's bare TypeError.
+    with pytest.raises(ValueError, match="NaN and infinities are not valid values"):
+        sb.Controller({"imbalance_threshold": float("nan")}, 2, 8, world[0])
+    with pytest.raises(TypeError, match="config: a object is not a JSON value"):
+        sb.Controller({"imbalance_threshold": object()}, 2, 8, world[0])
+    with sb.Controller({"num_redundant_experts": np.int64(0)}, 2, 8, world[0]) as ctl:
+        assert ctl.slots_per_rank == 4
     with pytest.raises(TypeError, match="comm: expected a Communicator"):
         sb.Controller(None, 2, 8, "rank 0")
     with pytest.raises(ValueError, match="model: layers must be > 0, got 0"):
