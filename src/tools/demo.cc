@@ -432,8 +432,10 @@ Action AddDemo(CLI::App& app) {
   app.add_option("--steps", a->steps, "forward steps")
       ->capture_default_str()
       ->check(CLI::Range(1, 10000000));
-  app.add_option("--shift-at", a->shift_at, "step at which the hot experts change")
-      ->capture_default_str();
+  app.add_option("--shift-at", a->shift_at,
+                 "step at which the hot experts change (at --steps or later: no change)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 10000000));
   app.add_option("--eplb", a->mode, "off, sync (stop-the-world) or async (SwiftBalancer)")
       ->capture_default_str();
   app.add_option("--eplb-config", a->config,

@@ -324,6 +324,7 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
   ExpectError("stats --generate --experts 8 --skew nan --ranks 4 --slots-per-rank 3",
               "eplb stats: generator options: skew: expected a number in [0, 4], got nan", out);
   ExpectError("demo --seed -3 --steps 2", "eplb demo: --seed: expected an integer", out);
+  ExpectError("demo --shift-at -1 --steps 2", "eplb demo: --shift-at: Value -1 not in range", out);
   ExpectError("demo --nodes 3 --steps 2",
               "eplb demo: rank 0: model: nodes must be > 0 and divide the 4 ranks, got 3", out);
   ExpectError("demo --nodes 2 --eplb off --steps 2",
