@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "eplb/placement.h"
@@ -66,9 +67,15 @@ inline std::string PathArg(const py::object& path, const char* name) {
 }
 
 // numpy.asarray(obj), which must have `ndim` dimensions (each below 2^31) and hold integers, or
-// with `floats` any real numbers.
+// with `floats` any real numbers. A torch tensor is detached first (requires_grad is no reason
+// to refuse it), and a bfloat16 one widened to float32 (numpy has no bfloat16).
 inline py::array AsArray(const py::object& obj, const char* name, int ndim, bool floats) {
-  py::array a = py::module_::import("numpy").attr("asarray")(obj);
+  py::object in = obj;
+  if (!py::isinstance<py::array>(obj) && py::hasattr(obj, "detach") && py::hasattr(obj, "dtype")) {
+    in = obj.attr("detach")();
+    if (std::string(py::str(in.attr("dtype"))) == "torch.bfloat16") in = in.attr("float")();
+  }
+  py::array a = py::module_::import("numpy").attr("asarray")(in);
   if (a.ndim() != ndim) {
     throw py::value_error(
         fmt::format("{}: expected a {}-D array, got {} dimensions", name, ndim, a.ndim()));
@@ -85,6 +92,27 @@ inline py::array AsArray(const py::object& obj, const char* name, int ndim, bool
                                      std::string(py::str(a.dtype()))));
   }
   return a;
+}
+
+// AsArray's result as a C-contiguous array of T (int64_t or double). numpy converts (its errors,
+// MemoryError included, are raised as they are; pybind11's own conversion returned an empty
+// array instead, which was then read); an unsigned value past the int64 range is an error, not a
+// wrapped negative one.
+template <typename T>
+py::array_t<T, py::array::c_style> AsArrayOf(const py::object& obj, const char* name, int ndim,
+                                             bool floats) {
+  const py::array a = AsArray(obj, name, ndim, floats);
+  if (std::is_integral_v<T> && a.dtype().kind() == 'u' && a.dtype().itemsize() == 8 &&
+      a.size() > 0) {
+    const auto big = py::module_::import("numpy").attr("max")(a).cast<uint64_t>();
+    if (big > static_cast<uint64_t>(INT64_MAX)) {
+      throw py::value_error(fmt::format("{}: value {} is past the int64 range", name, big));
+    }
+  }
+  py::object out = py::module_::import("numpy").attr("ascontiguousarray")(a, py::dtype::of<T>());
+  auto typed = py::array_t<T, py::array::c_style>::ensure(out);
+  if (!typed) throw py::type_error(fmt::format("{}: cannot be read as an array", name));
+  return typed;
 }
 
 // A placement's phy2log as an int64 [layers, ranks * slots per rank] array.

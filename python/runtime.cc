@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -41,7 +42,9 @@ class PyController {
           std::string(py::str(py::type::of(comm_).attr("__name__"))));
     }
     Communicator* c = comm_.cast<Communicator*>();
-    if (InUse().contains(c)) {
+    // Marked in use before the GIL is released for Create, so that a controller made on another
+    // thread at the same time sees it (the check and the mark were on either side of Create).
+    if (!InUse().insert(c).second) {
       throw py::value_error(fmt::format(
           "comm: rank {}'s communicator is in use by another controller (a controller must be "
           "its only user)",
@@ -52,8 +55,8 @@ class PyController {
       py::gil_scoped_release unlocked;  // an expert_load_path runs the algorithm
       return Controller::Create(cfg, model, c);
     }();
+    if (!made.ok()) InUse().erase(c);
     ctl_ = Take(std::move(made));
-    InUse().insert(c);
   }
   ~PyController() { Release(); }  // no step() runs: a call holds a reference to the object
   PyController(const PyController&) = delete;
@@ -70,35 +73,52 @@ class PyController {
     return r;
   }
 
-  void RegisterExpert(int layer, int slot, const py::sequence& tensors) {
+  void RegisterExpert(int layer, int slot, const py::object& tensor_list) {
+    if (!py::isinstance<py::list>(tensor_list) && !py::isinstance<py::tuple>(tensor_list)) {
+      // A bare array is a sequence too: its rows (or numpy scalars) were taken as the tensors.
+      throw py::type_error(fmt::format(
+          "register_expert({}, {}): expected a list of the expert's tensors ([weights, ...]), got "
+          "a {}",
+          layer, slot, std::string(py::str(py::type::of(tensor_list).attr("__name__")))));
+    }
+    const auto tensors = py::reinterpret_borrow<py::sequence>(tensor_list);
     std::vector<std::span<std::byte>> spans;
-    std::vector<py::object> views;  // what is registered: the buffers, torch tensors' views
+    // What is registered: the buffers' exports, held until the controller is closed, so that
+    // their memory can be neither freed nor moved (a bytearray cannot grow, an mmap cannot be
+    // closed, while the worker sends from it and step() writes into it).
+    std::vector<std::unique_ptr<py::buffer_info>> exports;
     for (size_t i = 0; i < tensors.size(); ++i) {
       py::object t = tensors[i];
       const std::string where = fmt::format("register_expert({}, {}): tensor {}", layer, slot, i);
       if (!PyObject_CheckBuffer(t.ptr()) && py::hasattr(t, "numpy") && py::hasattr(t, "device")) {
-        // A torch tensor: its numpy view shares its memory (and keeps it alive).
+        // A torch tensor: its numpy view shares its memory (and keeps it alive). Only its bytes
+        // matter, so a bfloat16 tensor (numpy has no bfloat16) is viewed as int16.
         const std::string device = py::str(t.attr("device"));
         if (device != "cpu") {
           throw py::type_error(fmt::format(
               "{}: expected host memory, got a tensor on {} (the runtime moves host buffers)",
               where, device));
         }
-        t = t.attr("detach")().attr("numpy")();
+        t = t.attr("detach")();
+        if (std::string(py::str(t.attr("dtype"))) == "torch.bfloat16") {
+          t = t.attr("view")(py::module_::import("torch").attr("int16"));
+        }
+        t = t.attr("numpy")();
       }
       if (!PyObject_CheckBuffer(t.ptr())) {
         throw py::type_error(where +
                              ": expected a buffer (a numpy array or a CPU torch tensor), got " +
                              std::string(py::str(py::type::of(t).attr("__name__"))));
       }
-      py::buffer_info info;
+      auto held = std::make_unique<py::buffer_info>();
       try {
-        info = py::reinterpret_borrow<py::buffer>(t).request(/*writable=*/true);
+        *held = py::reinterpret_borrow<py::buffer>(t).request(/*writable=*/true);
       } catch (const py::error_already_set&) {
         throw py::value_error(where +
                               ": expected a writable buffer (committed experts are "
                               "written into it), got a read-only one");
       }
+      const py::buffer_info& info = *held;
       py::ssize_t stride = info.itemsize;
       for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
         if (info.shape[d] > 1 && info.strides[d] != stride) {
@@ -110,10 +130,10 @@ class PyController {
       }
       spans.emplace_back(static_cast<std::byte*>(info.ptr),
                          static_cast<size_t>(info.size * info.itemsize));
-      views.push_back(std::move(t));
+      exports.push_back(std::move(held));
     }
     Check(ctl().RegisterExpert(layer, slot, std::move(spans)));
-    for (py::object& v : views) kept_.push_back(std::move(v));
+    for (auto& e : exports) kept_.push_back(std::move(e));
   }
 
   void RecordLoad(int layer, const py::object& tokens) {
@@ -131,7 +151,7 @@ class PyController {
       const auto a = py::reinterpret_borrow<py::array_t<int32_t>>(tokens);
       if (in_place(a)) return c.RecordLoad(layer, std::span<const int32_t>(a.data(), a.size()));
     }
-    const Int64Array a = Int64Array::ensure(AsArray(tokens, "tokens", 1, /*floats=*/false));
+    const Int64Array a = AsArrayOf<int64_t>(tokens, "tokens", 1, /*floats=*/false);
     if (in_place(a)) return c.RecordLoad(layer, std::span<const int64_t>(a.data(), a.size()));
     std::vector<int64_t> aligned(a.size());  // numpy keeps a misaligned view misaligned
     std::memcpy(aligned.data(), a.data(), aligned.size() * sizeof(int64_t));
@@ -142,6 +162,11 @@ class PyController {
   // Misuse (before start) raises.
   std::optional<std::string> Step() {
     Controller& c = ctl();
+    if (stepping_ > 0) {
+      // The forward loop is one thread: a second step() at once would drive the controller
+      // from two threads (it failed a collective and stopped rebalancing for good).
+      throw std::runtime_error("step: already running on another thread; step from one thread");
+    }
     Status s;
     ++stepping_;  // changed with the GIL held
     {
@@ -180,21 +205,12 @@ class PyController {
     if (py::isinstance<py::dict>(config)) {
       // numpy and torch scalars (np.int64(8)) are taken by value; NaN and infinities, which
       // json.dumps would write as text no JSON reader takes, are refused here.
-      const py::cpp_function plain([](const py::object& value) -> py::object {
-        if (py::hasattr(value, "item")) return value.attr("item")();
-        throw py::type_error(
-            fmt::format("config: a {} is not a JSON value",
-                        std::string(py::str(py::type::of(value).attr("__name__")))));
-      });
-      std::string text;
-      try {
-        text = py::str(py::module_::import("json").attr("dumps")(
-            config, py::arg("allow_nan") = false, py::arg("default") = plain));
-      } catch (const py::error_already_set& e) {
-        if (!e.matches(PyExc_ValueError)) throw;
-        throw py::value_error(std::string("config: ") + e.what() +
-                              " (NaN and infinities are not valid values)");
+      py::dict plain;
+      for (const auto& [key, value] : py::reinterpret_borrow<py::dict>(config)) {
+        plain[key] =
+            PlainValue(py::reinterpret_borrow<py::object>(value), std::string(py::str(key)));
       }
+      const std::string text = py::str(py::module_::import("json").attr("dumps")(plain));
       return Take(ParseRuntimeConfig(text, "config"));
     }
     if (py::isinstance<py::str>(config) || py::hasattr(config, "__fspath__")) {
@@ -204,6 +220,39 @@ class PyController {
                          std::string(py::str(py::type::of(config).attr("__name__"))));
   }
 
+  // A config dict's value as JSON can hold it: numpy and torch scalars by value, dicts (the
+  // eplb_config wrapper) key by key; NaN and infinities, which json.dumps writes as text no JSON
+  // reader takes, and anything else json cannot write are errors naming the key.
+  static py::object PlainValue(const py::object& value, const std::string& key) {
+    const std::string where = "config: " + key;
+    if (py::isinstance<py::dict>(value)) {
+      py::dict out;
+      for (const auto& [k, v] : py::reinterpret_borrow<py::dict>(value)) {
+        out[k] =
+            PlainValue(py::reinterpret_borrow<py::object>(v), key + "." + std::string(py::str(k)));
+      }
+      return out;
+    }
+    py::object v = value;
+    if (!py::isinstance<py::str>(v) && !py::isinstance<py::bool_>(v) &&
+        !py::isinstance<py::int_>(v) && !py::isinstance<py::float_>(v) && !v.is_none()) {
+      const bool scalar = py::hasattr(v, "item") && py::hasattr(v, "size") &&
+                          py::int_(v.attr("size")).cast<int64_t>() == 1;
+      if (!scalar) {
+        throw py::type_error(
+            fmt::format("{}: expected a JSON value (a number, string, bool or "
+                        "null), got a {}",
+                        where, std::string(py::str(py::type::of(v).attr("__name__")))));
+      }
+      v = v.attr("item")();
+    }
+    if (py::isinstance<py::float_>(v) && !std::isfinite(v.cast<double>())) {
+      throw py::value_error(
+          fmt::format("{}: expected a finite number, got {}", where, std::string(py::str(v))));
+    }
+    return v;
+  }
+
   // The communicators that controllers use (read and changed with the GIL held).
   static std::set<Communicator*>& InUse() {
     static std::set<Communicator*> in_use;
@@ -211,7 +260,7 @@ class PyController {
   }
 
   py::object comm_;
-  std::vector<py::object> kept_;
+  std::vector<std::unique_ptr<py::buffer_info>> kept_;  // the registered buffers' exports
   std::unique_ptr<Controller> ctl_;
   int stepping_ = 0;  // step() calls running with the GIL released
 };
@@ -346,7 +395,9 @@ tokens per local slot); then step(). close() (or leaving a with block) stops the
            py::arg("tensors"),
            "Registers the buffers of one (layer, local slot): a list of writable C-contiguous "
            "buffers (every tensor of the expert: weights, scales, ...), the same sizes for every "
-           "slot. The controller keeps them alive and must be the only one to change them.")
+           "slot, each slot's memory its own. The controller holds them (exported: a bytearray "
+           "cannot be resized, an mmap not closed) until it is closed, and must be the only one to "
+           "change them.")
       .def(
           "start", [](PyController& c) { Check(c.ctl().Start()); },
           "Starts the worker once every slot is registered.")

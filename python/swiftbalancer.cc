@@ -27,7 +27,7 @@ namespace eplb {
 namespace {
 
 LoadMatrix ToLoad(const py::object& obj, const char* name) {
-  const DoubleArray a = DoubleArray::ensure(AsArray(obj, name, 2, /*floats=*/true));
+  const DoubleArray a = AsArrayOf<double>(obj, name, 2, /*floats=*/true);
   const auto rows = static_cast<int>(a.shape(0)), cols = static_cast<int>(a.shape(1));
   if (rows < 1 || cols < 1) {
     throw py::value_error(fmt::format("{}: expected at least one layer and one expert, got {} x {}",
@@ -49,7 +49,7 @@ Placement ToPlacement(const py::object& obj, const char* name, int ranks, int ex
     throw py::value_error(fmt::format(
         "num_logical_experts: expected -1 (taken from the ids) or a count > 0, got {}", experts));
   }
-  const Int64Array a = Int64Array::ensure(AsArray(obj, name, 2, /*floats=*/false));
+  const Int64Array a = AsArrayOf<int64_t>(obj, name, 2, /*floats=*/false);
   const auto layers = static_cast<int>(a.shape(0));
   const auto slots = static_cast<int64_t>(a.shape(1));
   if (layers < 1) throw py::value_error(fmt::format("{}: expected at least one layer", name));

@@ -113,10 +113,15 @@ def test_bad_configurations_and_arguments_raise_with_the_reason():
     with pytest.raises(TypeError, match="config: expected a dict, JSON text, a path or None, got list"):
         sb.Controller([], 2, 8, world[0])
     # Before: "config: line 1, column 25: not valid JSON", and json's bare TypeError.
-    with pytest.raises(ValueError, match="NaN and infinities are not valid values"):
+    with pytest.raises(ValueError, match="config: imbalance_threshold: expected a finite number, "
+                                         "got nan"):
         sb.Controller({"imbalance_threshold": float("nan")}, 2, 8, world[0])
-    with pytest.raises(TypeError, match="config: a object is not a JSON value"):
-        sb.Controller({"imbalance_threshold": object()}, 2, 8, world[0])
+    with pytest.raises(ValueError, match="config: eplb_config.target_balancedness: expected a "
+                                         "finite number, got inf"):
+        sb.Controller({"eplb_config": {"target_balancedness": np.float64("inf")}}, 2, 8, world[0])
+    with pytest.raises(TypeError, match="config: imbalance_threshold: expected a JSON value .*got "
+                                        "a ndarray"):
+        sb.Controller({"imbalance_threshold": np.array([0.5, 0.5])}, 2, 8, world[0])
     with sb.Controller({"num_redundant_experts": np.int64(0)}, 2, 8, world[0]) as ctl:
         assert ctl.slots_per_rank == 4
     with pytest.raises(TypeError, match="comm: expected a Communicator"):
@@ -153,6 +158,10 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
         ctl.register_expert(0, 8, [good])
     with pytest.raises(ValueError, match="layer 0 slot 0: no tensors"):
         ctl.register_expert(0, 0, [])
+    # A bare array was taken as a sequence of tensors (its rows, or numpy scalars).
+    with pytest.raises(TypeError, match=r"register_expert\(0, 0\): expected a list of the "
+                                        r"expert's tensors \(\[weights, ...\]\), got a ndarray"):
+        ctl.register_expert(0, 0, np.zeros(4, dtype=np.float32))
     with pytest.raises(RuntimeError, match="Step: called before Start"):
         ctl.step()
     buffers = []
@@ -196,6 +205,68 @@ def test_bad_buffers_loads_and_calls_raise_or_are_reported():
         ctl.step()
 
 
+def test_registered_buffers_are_held_until_close():
+    # Found in review: a bytearray could grow, an mmap close, while the worker sent from them
+    # (heap-use-after-free, segfault); one array for two slots was accepted.
+    import mmap
+    world = sb.in_process_world(1)
+    ctl = sb.Controller(None, 1, 4, world[0])
+    grown, mapped = bytearray(16), mmap.mmap(-1, 16)
+    ctl.register_expert(0, 0, [grown])
+    ctl.register_expert(0, 1, [mapped])
+    with pytest.raises(BufferError):
+        grown.extend(bytes(1024))
+    with pytest.raises(BufferError):
+        mapped.close()
+    shared = np.zeros(6, dtype=np.float32)
+    ctl.register_expert(0, 2, [shared[:4]])
+    ctl.register_expert(0, 3, [shared[2:]])
+    with pytest.raises(RuntimeError, match="Start: layer 0 slot 2 tensor 0 and layer 0 slot 3 "
+                                           "tensor 0 share memory"):
+        ctl.start()
+    ctl.close()
+    grown.extend(bytes(1024))  # released
+    mapped.close()
+
+
+def test_a_second_step_at_once_is_refused():
+    world = sb.in_process_world(1)
+    with sb.Controller(None, 2, 8, world[0]) as ctl:
+        s = ctl.slots_per_rank
+        for layer in range(2):
+            for slot in range(s):
+                ctl.register_expert(layer, slot, [np.zeros(4, dtype=np.float32)])
+        ctl.start()
+        errors, stop = [], threading.Event()
+
+        def steps():
+            while not stop.is_set():
+                try:
+                    ctl.step()
+                except RuntimeError as e:
+                    errors.append(str(e))
+
+        threads = [threading.Thread(target=steps) for _ in range(2)]
+        for t in threads:
+            t.start()
+        while not errors and threads[0].is_alive():
+            threading.Event().wait(0.01)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert errors and "step: already running on another thread" in errors[0], errors
+        assert not ctl.metrics()["disabled"]
+
+
+def test_arrays_numpy_cannot_cast_for_pybind_raise():
+    # Found in review: these segfaulted (pybind11's conversion returned an empty array).
+    with pytest.raises(ValueError, match="phy2log: value 18446744073709551615 is past the int64"):
+        sb.expert_map(np.array([[0, 1, 2, 2**64 - 1]], dtype=np.uint64), 1)
+    np.testing.assert_array_equal(
+        sb.expert_map(np.array([[0, 1, 2, 3]], dtype=np.uint64), 1)[0], [[0, 1, 2, 3]])
+    assert sb.balancedness(np.ones((1, 4), dtype=np.longdouble), [[0, 1, 2, 3]], 1) == 1.0
+
+
 def test_routing_log2phy_lists_each_experts_slots_padded():
     # 2 ranks x 6 slots for 8 experts: the id-order start gives experts 0-3 a replica on each rank.
     world = sb.in_process_world(2)
@@ -218,3 +289,8 @@ def test_cpu_torch_tensors_are_registered_in_place(torch):
     with sb.Controller(None, 1, 4, world[0]) as ctl:
         with pytest.raises(TypeError, match="expected host memory, got a tensor on meta"):
             ctl.register_expert(0, 0, [torch.zeros(3, device="meta")])
+        # bfloat16 (numpy has none) is registered by its bytes; it was refused.
+        ctl.register_expert(0, 0, [torch.zeros(4, dtype=torch.bfloat16)])
+    phy2log, _, _ = sb.rebalance_experts(torch.ones(1, 4, dtype=torch.bfloat16, requires_grad=True),
+                                         4, 1, 1, 1)
+    assert sorted(phy2log[0].tolist()) == [0, 1, 2, 3]

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <thread>
+#include <tuple>
 
 namespace eplb::runtime_internal {
 
@@ -45,10 +46,28 @@ Status WeightStore::Register(int layer, int slot, std::vector<std::span<std::byt
 }
 
 Status WeightStore::CheckComplete() const {
+  // (start, end, slot index, tensor index) of every registered tensor, by address: two slots
+  // whose memory overlaps would have one expert's commit overwrite the other's weights.
+  std::vector<std::tuple<uintptr_t, uintptr_t, size_t, size_t>> ranges;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     if (tensors_[i].empty()) {
       return Status::Precondition(
           fmt::format("Start: layer {} slot {} has no registered expert", i / slots_, i % slots_));
+    }
+    for (size_t k = 0; k < tensors_[i].size(); ++k) {
+      const auto begin = reinterpret_cast<uintptr_t>(tensors_[i][k].data());
+      if (!tensors_[i][k].empty()) ranges.emplace_back(begin, begin + tensors_[i][k].size(), i, k);
+    }
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t j = 1; j < ranges.size(); ++j) {
+    const auto& [a_begin, a_end, a_slot, a_tensor] = ranges[j - 1];
+    const auto& [b_begin, b_end, b_slot, b_tensor] = ranges[j];
+    if (b_begin < a_end) {
+      return Status::Precondition(fmt::format(
+          "Start: layer {} slot {} tensor {} and layer {} slot {} tensor {} share memory; each "
+          "slot's tensors need memory of their own",
+          a_slot / slots_, a_slot % slots_, a_tensor, b_slot / slots_, b_slot % slots_, b_tensor));
     }
   }
   return Status::Ok();
