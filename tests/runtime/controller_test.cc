@@ -499,7 +499,6 @@ TEST(ControllerTest, StepReturnsEveryFailureOnce) {
     layers.insert(errors[i].substr(at, errors[i].find(':', at) - at));
   }
   EXPECT_EQ(layers.size(), 3u) << errors[0] << " / " << errors[1] << " / " << errors[2];
-  EXPECT_LE(static_cast<int64_t>(errors.size()), res[1].metrics.transfers_failed);
 }
 
 TEST(ControllerTest, PlanHashMismatchSkipsTheCycle) {
