@@ -68,6 +68,9 @@ bool MaybeReachable(std::span<const double> load, int ranks, int64_t slots, doub
     }
     if (slots_needed > slots) return false;
   }
+  // Again after the loop: zero-load experts after the last loaded one skip the check above
+  // (the bound depended on the order of the experts).
+  if (slots_needed > slots) return false;
   if (big_pieces > ranks) {
     std::sort(scratch.begin(), scratch.end());
     double extra = 0;

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "eplb/placement.h"
@@ -57,6 +58,27 @@ TEST(MetricsTest, LowerBoundSeesPairsOnTwoSlotRanks) {
   Shape three{.layers = 1, .experts = 3, .ranks = 2, .slots_per_rank = 2};
   std::vector<double> load3{10, 10, 1};
   EXPECT_NEAR(MaxRankLoadLowerBound(load3, three), 10.5, 1e-6);
+}
+
+// Found in review: zero-load experts after the last loaded one were not counted against the
+// slots, so {1e6, 0, 0} on 3 ranks x 1 slot gave the bound 1.0 and {0, 0, 1e6} the true 1/3.
+TEST(MetricsTest, LowerBoundDoesNotDependOnTheOrderOfTheExperts) {
+  Shape shape{.layers = 1, .experts = 3, .ranks = 3, .slots_per_rank = 1};
+  for (const std::vector<double>& load :
+       {std::vector<double>{1e6, 0, 0}, {0, 1e6, 0}, {0, 0, 1e6}}) {
+    EXPECT_NEAR(MaxRankLoadLowerBound(load, shape), 1e6, 1e-3);
+  }
+  std::mt19937_64 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    Shape s = testing::RandomShape(rng);
+    LoadMatrix load = testing::RandomLoad(rng, s);
+    std::vector<double> row(load.row(0).begin(), load.row(0).end());
+    for (size_t i = 0; i < row.size(); i += 2) row[i] = 0;  // zeros mixed in
+    const double bound = MaxRankLoadLowerBound(row, s);
+    std::shuffle(row.begin(), row.end(), rng);
+    EXPECT_DOUBLE_EQ(MaxRankLoadLowerBound(row, s), bound);
+  }
 }
 
 }  // namespace
