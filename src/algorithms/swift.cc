@@ -1454,12 +1454,23 @@ class Swift final : public Balancer {
       const bool by_pairs = shape.slots_per_rank == 2 && !Hierarchical(shape) &&
                             options_.max_changes_per_layer < 0 &&
                             options_.max_changes_per_cycle < 0;
+      // Whether `layer` is more balanced than the placement in use, measured as before[] is
+      // (RankLoads, mean / max), by more than rounding: the searches' own figures are kept
+      // incrementally and can differ from it in the last bits, so near-ties (loads like 2^53 + k)
+      // could return a layer a few ulps less balanced, or changes that gain nothing.
+      auto improves = [&](int l, std::span<const int> layer) {
+        const std::vector<double> loads =
+            RankLoads(load.row(l), layer, shape.ranks, shape.slots_per_rank, shape.experts);
+        const double max = *std::max_element(loads.begin(), loads.end());
+        const double mean = std::accumulate(loads.begin(), loads.end(), 0.0) / shape.ranks;
+        return max > 0 && mean / max > before[l] * (1 + kMeasurable);
+      };
       auto balance_layer = [&](int l, int64_t budget, Replan& w) {
         PairReplan::Result paired;
         if (by_pairs &&
             w.pairs.Run(load.row(l), current.layer(l), shape.ranks, shape.ranks_per_node(),
                         options_.inter_node_cost, options_.target_balancedness, w.paired, paired) &&
-            paired.changes > 0 && paired.balancedness > before[l]) {
+            paired.changes > 0 && paired.balancedness > before[l] && improves(l, w.paired)) {
           std::copy(w.paired.begin(), w.paired.end(), ids.begin() + static_cast<size_t>(l) * slots);
           return paired.changes;
         }
@@ -1474,7 +1485,8 @@ class Swift final : public Balancer {
           search.Improve(target, static_cast<int>(budget), options_.min_gain_per_change, max_steps);
           const double got = search.best_balancedness();
           if (search.best_changes() > 0 &&
-              (got > best || (got == best && search.best_changes() < best_changes))) {
+              (got > best || (got == best && search.best_changes() < best_changes)) &&
+              improves(l, search.best_slots())) {
             best = got;
             best_changes = search.best_changes();
             std::copy(search.best_slots().begin(), search.best_slots().end(),
@@ -1523,6 +1535,9 @@ class Swift final : public Balancer {
  private:
   static constexpr double kScratchMinGain = 1e-4;
   static constexpr double kRetryStep = 0.015;
+  // A re-planned layer is kept only when its balancedness beats the placement in use by more
+  // than this (relative): far above rounding, far below any real step.
+  static constexpr double kMeasurable = 1e-12;
   // LayerState keeps, per rank and expert, whether the rank holds it (1 byte), the expert's
   // holders (4) and, in a re-plan, whether the rank held it in the placement in use (1): up to
   // 6 bytes each, so 2^27 (128 Mi) of them is 768 MiB per thread.

@@ -34,10 +34,9 @@ void ExpectNoLayerWorseAndUnchangedWhereNotBetter(const LoadMatrix& load, const 
   for (int l = 0; l < current.layers(); ++l) {
     const double before = LayerBalancedness(load.row(l), current, l);
     const double after = LayerBalancedness(load.row(l), placed, l);
-    EXPECT_GE(after, before - 1e-12) << "layer " << l;
-    if (after == before) {
-      EXPECT_EQ(SlotsChangedInLayer(current, placed, l), 0) << "layer " << l;
-    }
+    // Exactly, as measured here (before: allowed 1e-12 less, and changes for equal balance).
+    EXPECT_GE(after, before) << "layer " << l;
+    if (SlotsChangedInLayer(current, placed, l) > 0) EXPECT_GT(after, before) << "layer " << l;
   }
 }
 
@@ -99,6 +98,44 @@ TEST(SwiftTest, IncrementalNeverMakesALayerWorseAndStaysValid) {
     auto again = RunSwift(load, shape, &current);
     ASSERT_TRUE(again.ok());
     EXPECT_EQ(r->placement, again->placement);
+  }
+}
+
+// Found in review: with loads that tie but for their last bits, the searches' incremental
+// figures said "better" where the measured balancedness was a few ulps worse, or equal.
+TEST(SwiftTest, NearTiesNeverReturnALayerLessBalancedOrChangedForNothing) {
+  const Shape shape{.layers = 1, .experts = 6, .ranks = 11, .slots_per_rank = 1};
+  LoadMatrix load(1, 6);
+  const double base = 9007199254740992.0;  // 2^53
+  const double extra[] = {2, 2, 6, 4, 2, 6};
+  for (int e = 0; e < 6; ++e) load.at(0, e) = base + extra[e];
+  const Placement current(1, 11, 1, 6, {3, 0, 2, 2, 2, 2, 2, 0, 1, 5, 4});
+  AlgorithmOptions o;
+  o.target_balancedness = 0.97;
+  o.skip_balancedness = 0.97;
+  o.max_changes_per_cycle = 1;
+  o.min_gain_per_change = 0.5;
+  o.inter_node_cost = 1;
+  auto r = RunSwift(load, shape, &current, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ExpectNoLayerWorseAndUnchangedWhereNotBetter(load, current, r->placement);
+  // Near-tie loads on random shapes, with and without caps.
+  for (uint64_t seed = 1; seed <= 300; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    const Shape s = testing::RandomShape(rng, 6);
+    LoadMatrix tie(s.layers, s.experts);
+    for (int l = 0; l < s.layers; ++l) {
+      for (int e = 0; e < s.experts; ++e) tie.at(l, e) = base + 2.0 * (rng() % 4);
+    }
+    const Placement cur = testing::RandomPlacement(rng, s);
+    AlgorithmOptions capped;
+    capped.max_changes_per_cycle = static_cast<int64_t>(seed % 3);
+    for (const AlgorithmOptions& opt : {AlgorithmOptions{}, capped}) {
+      auto got = RunSwift(tie, s, &cur, opt);
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      ExpectNoLayerWorseAndUnchangedWhereNotBetter(tie, cur, got->placement);
+    }
   }
 }
 
