@@ -27,6 +27,9 @@ fi
 echo "install-deps: installing ${missing[*]}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Through env: sudo's env_reset drops exported variables, and tzdata (pulled in) would prompt.
+APT=($SUDO env DEBIAN_FRONTEND=noninteractive)
+# A run interrupted during unpacking leaves dpkg half-done; apt-get refuses until it is finished.
+"${APT[@]}" dpkg --configure -a
+"${APT[@]}" apt-get update -q
+"${APT[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
