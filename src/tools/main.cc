@@ -34,6 +34,15 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "eplb: unknown command '{}'; known: {}\n", argv[1], fmt::join(names, ", "));
     return 1;
   }
+  // Before a command only --help and --version (CLI11 said "A subcommand is required").
+  if (argc > 1 && argv[1][0] == '-') {
+    const std::string first = argv[1];
+    if (first != "--help" && first != "-h" && first != "--version") {
+      fmt::print(stderr, "eplb: unknown option {}; a command comes first: {} (see eplb --help)\n",
+                 first, fmt::join(names, ", "));
+      return 1;
+    }
+  }
   // An option the command does not have is named first (CLI11 checks required options before
   // it looks for unknown ones, so `eplb plan --bogus` said "--ranks is required").
   if (argc > 1) {

@@ -390,6 +390,8 @@ TEST_F(CliTest, ValuesAreReadAsWritten) {
               "eplb plan: --current: expected a value, got an empty string", out);
   // An unknown option is named (before: "--ranks is required"), also as --name=value.
   ExpectError("plan --bogus", "eplb plan: unknown option --bogus (see eplb plan --help)", out);
+  ExpectError("--bogus", "eplb: unknown option --bogus; a command comes first: plan, validate",
+              out);
   ExpectError(gen + "--ranks 4 --slots-per-rank 3 --bogus=3 --out " + out,
               "eplb plan: unknown option --bogus", out);
   // An output that cannot be written is refused before the work (the demo ran to the end first).
