@@ -113,7 +113,9 @@ class Communicator {
   // Declares that this rank will never receive `tag` again (the runtime retires the tag of a
   // layer that rolled back): messages to this rank with that tag, queued or arriving later, are
   // dropped and their memory freed (over MPI, received and dropped, which also completes the
-  // senders' sends), instead of being kept for a receive that never comes. A receive of that tag
+  // senders' sends; those arriving within 60 s, far past any transfer timeout, so that polling
+  // stays cheap however many tags a long run discards), instead of being kept for a receive that
+  // never comes. A receive of that tag
   // still posted gets no message. The default does nothing (a backend that keeps no messages).
   virtual void DiscardTag(int tag) { (void)tag; }
 

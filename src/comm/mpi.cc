@@ -184,7 +184,7 @@ class MpiCore {
   // Frees the orphans MPI has completed, and (at most once a millisecond) receives and drops the
   // messages of discarded tags that have arrived.
   void PollOrphans() {
-    if (discarded_count_.load(std::memory_order_relaxed) > 0) {
+    if (draining_count_.load(std::memory_order_relaxed) > 0) {
       std::lock_guard lock(mu_);
       const Clock::time_point now = Clock::now();
       if (now >= next_drain_) {
@@ -201,7 +201,8 @@ class MpiCore {
   void Discard(int tag) {
     std::lock_guard lock(mu_);
     if (closed_ || !discarded_.insert(tag).second) return;
-    discarded_count_.store(static_cast<int>(discarded_.size()), std::memory_order_relaxed);
+    draining_.emplace_back(tag, Clock::now() + kDrainFor);
+    draining_count_.store(static_cast<int>(draining_.size()), std::memory_order_relaxed);
     DrainLocked();
   }
 
@@ -225,7 +226,13 @@ class MpiCore {
   // once MPI completes it), which also completes its sender's send.
   void DrainLocked() {
     if (closed_) return;
-    for (int tag : discarded_) {
+    // A tag is drained for kDrainFor after it was discarded (messages sent before the layer
+    // rolled back arrive within the transfer timeout): the polls' cost stays bounded however
+    // many tags a long run discards.
+    const Clock::time_point now = Clock::now();
+    while (!draining_.empty() && draining_.front().second < now) draining_.pop_front();
+    draining_count_.store(static_cast<int>(draining_.size()), std::memory_order_relaxed);
+    for (const auto& [tag, until] : draining_) {
       while (true) {
         int flag = 0;
         MPI_Message message = MPI_MESSAGE_NULL;
@@ -272,7 +279,10 @@ class MpiCore {
   // Posted receives not matched yet, per (source, tag), in posting order; guarded by mu_.
   std::map<std::pair<int, int>, std::deque<RecvSlot*>> waiting_;
   std::set<int> discarded_;  // guarded by mu_: tags this rank never receives again
-  std::atomic<int> discarded_count_{0};
+  // guarded by mu_: the discarded tags still drained, and until when (in discard order)
+  std::deque<std::pair<int, Clock::time_point>> draining_;
+  std::atomic<int> draining_count_{0};
+  static constexpr std::chrono::seconds kDrainFor{60};
   Clock::time_point next_drain_{};  // guarded by mu_
 };
 
