@@ -73,7 +73,8 @@ int RunPlan(const PlanArgs& a) {
   if (Status s = CheckOutputsUpFront(outputs_named); !s.ok()) return Fail(cmd, s);
   if (a.current_path.empty()) {
     for (const CLI::Option* o : a.replan_only) {
-      if (o->count() > 0) {
+      // -1 is "no cap", which a fresh placement keeps too.
+      if (o->count() > 0 && o->as<int64_t>() != -1) {
         return Fail(cmd, Status::Invalid(fmt::format(
                              "{} caps a re-plan from --current; without it every slot is placed "
                              "fresh",

@@ -402,6 +402,7 @@ TEST_F(CliTest, ValuesAreReadAsWritten) {
   // Options that would be ignored are errors.
   ExpectError(gen + "--ranks 4 --slots-per-rank 3 --max-changes-per-cycle 0 --out " + out,
               "eplb plan: --max-changes-per-cycle caps a re-plan from --current", out);
+  EXPECT_EQ(Eplb(gen + "--ranks 4 --slots-per-rank 3 --max-changes-per-layer -1").status, 0);
   ExpectError(gen + "--ranks 4 --slots-per-rank 3 --inter-node-cost 3 --out " + out,
               "eplb plan: --inter-node-cost applies with --nodes > 1 only", out);
   // Byte totals past the int64 range (before: negative totals in the report).
