@@ -55,6 +55,10 @@ struct StepRow {
 
 struct RankOutcome {
   std::string error;
+  // Failures the controller's Step() returned (a layer rolled back, a plan failed): the engine
+  // keeps running on the placement in use, so the demo does too, and counts them.
+  int64_t balancer_errors = 0;
+  std::string first_balancer_error;
   double max_rel_diff = 0;
   double checksum = 0;  // sum of every output of this rank, all steps
   RuntimeMetrics metrics;
@@ -117,17 +121,14 @@ RankOutcome RunRank(const DemoArgs& a, const RuntimeConfig& cfg, Communicator* e
       out.error = fmt::format("step {}: {}", step, r.status().message());
       return out;
     }
-    if (!r->controller_status.ok()) {
-      out.error = fmt::format("step {}: balancer: {}", step, r->controller_status.message());
-      return out;
-    }
+    auto balancer_error = [&](const Status& s) {
+      if (s.ok()) return;
+      if (out.balancer_errors++ == 0)
+        out.first_balancer_error = fmt::format("step {}: {}", step, s.message());
+    };
+    balancer_error(r->controller_status);
     // Stop-the-world: once a cycle runs, nothing else does until it is over.
-    while (a.mode == "sync" && ctl->CycleInProgress()) {
-      if (Status s = ctl->Step(); !s.ok()) {
-        out.error = fmt::format("step {}: balancer: {}", step, s.message());
-        return out;
-      }
-    }
+    while (a.mode == "sync" && ctl->CycleInProgress()) balancer_error(ctl->Step());
     const double step_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (reference != nullptr) {
@@ -236,12 +237,37 @@ int RunDemo(const DemoArgs& a) {
   }
   auto cfg = ParseRuntimeConfig(base.dump(), "demo configuration");
   if (!cfg.ok()) return Fail(cmd, cfg.status());
-  if (a.mode == "off") cfg->dynamic_eplb = false;
+  if (a.mode == "off") {
+    cfg->dynamic_eplb = false;
+    // Without the runtime the model runs on the id-order placement: its files would be ignored.
+    for (const auto& [key, path] :
+         {std::pair{"expert_map_path", &cfg->expert_map_path},
+          std::pair{"expert_load_path", &cfg->expert_load_path},
+          std::pair{"expert_map_record_path", &cfg->expert_map_record_path}}) {
+      if (!path->empty()) {
+        return Fail(cmd, Status::Invalid(fmt::format(
+                             "--eplb-config: {} applies with --eplb sync or async (--eplb off runs "
+                             "without the runtime, on the id-order placement)",
+                             key)));
+      }
+    }
+  }
   std::vector<std::string> outputs_named;  // checked before the run, not only after it
   for (const std::string* path : {&a.report_path, &a.csv_path}) {
     if (!path->empty()) outputs_named.push_back(*path);
   }
   if (Status s = CheckOutputsUpFront(outputs_named); !s.ok()) return Fail(cmd, s);
+  // Nor over the files the run reads (the configuration and the files it names).
+  std::vector<std::string> inputs = {cfg->expert_map_path, cfg->expert_load_path,
+                                     cfg->expert_map_record_path};
+  if (!a.config.empty() && a.config.find_first_not_of(" \t\r\n") != std::string::npos &&
+      a.config[a.config.find_first_not_of(" \t\r\n")] != '{') {
+    inputs.push_back(a.config);
+  }
+  std::erase(inputs, std::string());
+  if (Status s = CheckOutputsAreNotInputs(outputs_named, inputs, "a file of the run:"); !s.ok()) {
+    return Fail(cmd, s);
+  }
   auto slots_per_rank = ResolveSlotsPerRank(*cfg, a.engine.experts, a.ranks);
   if (!slots_per_rank.ok()) return Fail(cmd, slots_per_rank.status());
   if (Status s = CheckMemory(a, *slots_per_rank); !s.ok()) return Fail(cmd, s);
@@ -293,8 +319,9 @@ int RunDemo(const DemoArgs& a) {
     RankOutcome mine = RunRank(a, *cfg, engine_comm->get(), control_comm->get(), stats_comm->get(),
                                reference ? &*reference : nullptr, my_rank == 0 ? &rows : nullptr);
     // Rank 0 reports for everyone: gather the per-rank figures.
-    std::vector<double> local = {mine.error.empty() ? 0.0 : 1.0, mine.max_rel_diff, mine.checksum};
-    std::vector<double> all(3 * static_cast<size_t>(a.ranks));
+    std::vector<double> local = {mine.error.empty() ? 0.0 : 1.0, mine.max_rel_diff, mine.checksum,
+                                 static_cast<double>(mine.balancer_errors)};
+    std::vector<double> all(4 * static_cast<size_t>(a.ranks));
     if (Status s =
             (*stats_comm)
                 ->AllGather(std::as_bytes(std::span(local)), std::as_writable_bytes(std::span(all)),
@@ -306,11 +333,13 @@ int RunDemo(const DemoArgs& a) {
       return Fail(cmd, Status::Aborted(fmt::format("rank {}: {}", my_rank, mine.error)));
     outcomes.resize(a.ranks);
     for (int r = 0; r < a.ranks; ++r) {
-      outcomes[r].error = all[3 * r] != 0 ? "failed" : "";
-      outcomes[r].max_rel_diff = all[3 * r + 1];
-      outcomes[r].checksum = all[3 * r + 2];
+      outcomes[r].error = all[4 * r] != 0 ? "failed" : "";
+      outcomes[r].max_rel_diff = all[4 * r + 1];
+      outcomes[r].checksum = all[4 * r + 2];
+      outcomes[r].balancer_errors = static_cast<int64_t>(all[4 * r + 3]);
     }
     outcomes[0].metrics = mine.metrics;
+    outcomes[0].first_balancer_error = mine.first_balancer_error;
     if (my_rank != 0) return 0;
   }
   for (int r = 0; r < a.ranks; ++r) {
@@ -327,9 +356,16 @@ int RunDemo(const DemoArgs& a) {
     (row.cycle_in_progress ? busy_ms : quiet_ms).push_back(row.step_ms);
   }
   double max_diff = 0, checksum = 0;
-  for (const auto& o : outcomes) {
+  int64_t balancer_errors = 0;
+  std::string first_balancer_error;
+  for (size_t r = 0; r < outcomes.size(); ++r) {
+    const RankOutcome& o = outcomes[r];
     max_diff = std::max(max_diff, o.max_rel_diff);
     checksum += o.checksum;
+    balancer_errors += o.balancer_errors;
+    if (first_balancer_error.empty() && !o.first_balancer_error.empty()) {
+      first_balancer_error = fmt::format("rank {}: {}", r, o.first_balancer_error);
+    }
   }
   const RuntimeMetrics& m = outcomes[0].metrics;
   nlohmann::json report = {
@@ -348,6 +384,7 @@ int RunDemo(const DemoArgs& a) {
       {"rebalances", m.cycles},
       {"layers_committed", m.layers_committed},
       {"layers_rolled_back", m.layers_rolled_back},
+      {"balancer_errors", balancer_errors},
       {"verified", a.verify},
       {"max_rel_diff_vs_reference", max_diff},
       {"outputs_checksum", checksum},
@@ -387,6 +424,11 @@ int RunDemo(const DemoArgs& a) {
           ? fmt::format(" (rank 0: {:.2f} of {:.2f} MiB received from other nodes)",
                         m.inter_node_bytes_total / 1048576.0, m.bytes_moved_total / 1048576.0)
           : "");
+  if (balancer_errors > 0) {
+    fmt::print("errors      {} from the balancer, all ranks (the engine ran on; first: {})\n",
+               balancer_errors,
+               first_balancer_error.empty() ? "on another rank" : first_balancer_error);
+  }
   fmt::print("outputs     {} (max relative difference {:.2e} vs the dense reference)\n",
              a.verify ? (max_diff <= 1e-5 ? "match" : "DIFFER") : "not verified", max_diff);
   fmt::print("balance     {:.3f} (first window) -> {:.3f} (last window)\n",

@@ -334,6 +334,14 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
               "eplb demo: --eplb-config: dynamic_eplb false contradicts --eplb async", out);
   ExpectError("demo --steps 2 --eplb off --eplb-config '{\"dynamic_eplb\": true}'",
               "eplb demo: --eplb-config: dynamic_eplb true contradicts --eplb off", out);
+  // Found in review: ignored in off mode; the run's own configuration overwritten by its report.
+  ExpectError("demo --steps 2 --eplb off --eplb-config '{\"expert_map_record_path\": \"" +
+                  Path("rec.json") + "\"}'",
+              "eplb demo: --eplb-config: expert_map_record_path applies with --eplb sync or async",
+              out);
+  const std::string cfg = Write("cfg.json", R"({"expert_heat_collection_interval": 5})");
+  ExpectError("demo --steps 2 --eplb-config " + cfg + " --report " + cfg,
+              cfg + ": an output that is also an input (a file of the run: " + cfg + ")", cfg);
   // 12 MiB x 2^20 per expert: more than any machine has, refused before anything is allocated.
   ExpectError(
       "demo --hidden 1048576 --ffn 1048576 --steps 2",
