@@ -114,7 +114,7 @@ RankOutcome RunRank(const DemoArgs& a, const RuntimeConfig& cfg, Communicator* e
   std::vector<int64_t> rank_tokens(L), all_tokens(static_cast<size_t>(a.ranks) * L);
   for (int64_t step = 0; step < a.steps; ++step) {
     const int shift = step >= a.shift_at ? 1 : 0;
-    const bool in_cycle = ctl != nullptr && ctl->CycleInProgress();
+    bool in_cycle = ctl != nullptr && ctl->CycleInProgress();
     const auto t0 = std::chrono::steady_clock::now();
     auto r = e.Forward(step, shift);
     if (!r.ok()) {
@@ -127,8 +127,16 @@ RankOutcome RunRank(const DemoArgs& a, const RuntimeConfig& cfg, Communicator* e
         out.first_balancer_error = fmt::format("step {}: {}", step, s.message());
     };
     balancer_error(r->controller_status);
-    // Stop-the-world: once a cycle runs, nothing else does until it is over.
-    while (a.mode == "sync" && ctl->CycleInProgress()) balancer_error(ctl->Step());
+    // Stop-the-world: once a cycle runs, nothing else does until it is over. The cycle starts
+    // inside this step's Forward, so the step counts as one that rebalanced. Each Step() counts
+    // as a step of the cycle (algorithm_execution_interval is counted in them): a pause between
+    // them gives the worker the time a forward step would have (without it the plan was "not
+    // ready" every cycle and the spin took the planner's CPU).
+    while (a.mode == "sync" && ctl->CycleInProgress()) {
+      in_cycle = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      balancer_error(ctl->Step());
+    }
     const double step_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (reference != nullptr) {
