@@ -494,7 +494,8 @@ Action AddDemo(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--report", a->report_path, "write a JSON report");
   app.add_option("--csv", a->csv_path, "write one CSV row per step");
-  app.add_flag("--verify,!--no-verify", a->verify, "compare every step with the dense reference")
+  app.add_flag("--verify,!--no-verify", a->verify,
+               "compare every step with the dense reference (on unless --no-verify)")
       ->capture_default_str();
   return [a] { return RunDemo(*a); };
 }
