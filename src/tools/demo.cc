@@ -200,6 +200,24 @@ Status CheckMemory(const DemoArgs& a, int slots_per_rank) {
         a.comm == "inproc" ? "every rank's slots" : "this rank's slots",
         a.verify ? " and the dense reference" : "", memory / kGiB));
   }
+  // A step's activations, per token at the least: its router logits (one per expert), its hidden
+  // state and the top-k rows it is dispatched as, and the FFN's gate and up rows; every rank's in
+  // this process, and the dense reference's (all ranks' tokens) too.
+  const double per_token =
+      (static_cast<double>(a.engine.experts) +
+       static_cast<double>(a.engine.hidden) * (2 + a.engine.top_k) + 2.0 * a.engine.ffn) *
+      sizeof(float);
+  const double tokens = static_cast<double>(a.engine.tokens) *
+                        ((a.comm == "inproc" ? a.ranks : 1) + (a.verify ? a.ranks : 0));
+  const double activations = tokens * per_token;
+  if (memory > 0 && activations > memory / 2) {
+    return Status::Invalid(fmt::format(
+        "a step's activations would take {:.1f} GiB in this process ({:.0f} tokens x {:.2f} KiB: "
+        "router logits over {} experts, hidden {} with top-{}, ffn {}), more than half of this "
+        "machine's {:.1f} GiB of memory; lower --tokens, --experts, --hidden or --ffn",
+        activations / (1024.0 * 1024 * 1024), tokens, per_token / 1024, a.engine.experts,
+        a.engine.hidden, a.engine.top_k, a.engine.ffn, memory / (1024.0 * 1024 * 1024)));
+  }
   return Status::Ok();
 }
 

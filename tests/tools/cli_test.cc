@@ -349,6 +349,11 @@ TEST_F(CliTest, UsageErrorsAreOneLineNamingTheCommand) {
       "68 experts of 12582912.00 MiB: every rank's slots and the dense reference), more "
       "than half of this machine's",
       out);
+  // Found in review: the activations were not counted (std::bad_alloc, abort).
+  ExpectError(
+      "demo --tokens 1048576 --experts 1048576 --top-k 1 --hidden 1 --ffn 1 --layers 1 "
+      "--ranks 1 --steps 1 --no-verify",
+      "eplb demo: a step's activations would take", out);
   ExpectError("plan --generate --experts 8 --ranks 4 --slots-per-rank 3 --format sglang",
               "--format requires --out", out);
   ExpectError("plan --generate --experts 8 --algorithm deepseek --max-changes-per-layer 2" + shape,
