@@ -59,6 +59,8 @@ StatusOr<RuntimeConfig> ParseRuntimeConfig(const std::string& json_text, const s
 // Inline JSON text when the argument starts with '{' (after whitespace; origin "inline config"),
 // else a file path read with ReadFile (origin: the path).
 StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json);
+// LoadRuntimeConfig's rule: whether the argument is inline JSON (else a path).
+bool IsInlineConfig(const std::string& path_or_json);
 // Checks every key's range in the words ParseRuntimeConfig uses, less the origin:
 // "eplb_config.<key>: expected <type and range>, got <value>" (infinities and NaN are out of every
 // range). What ParseRuntimeConfig returns always passes; it is for configurations built in code,

@@ -93,6 +93,23 @@ struct RecvSlot {
   int error = MPI_SUCCESS;  // MPI_Imrecv's error, if it failed
 };
 
+// The next message from src (or MPI_ANY_SOURCE) with tag, if one has arrived: matched, and
+// received with MPI_Imrecv into op->out sized to it. Returns the MPI error of the probe or the
+// receive (MPI_SUCCESS also when none has arrived; then *count is -1).
+int ReceiveNext(MPI_Comm comm, int src, int tag, MpiOp& op, int* count) {
+  *count = -1;
+  int flag = 0;
+  MPI_Message message = MPI_MESSAGE_NULL;
+  MPI_Status status;
+  if (const int rc = MPI_Improbe(src, tag, comm, &flag, &message, &status); rc != MPI_SUCCESS) {
+    return rc;
+  }
+  if (!flag) return MPI_SUCCESS;
+  MPI_Get_count(&status, MPI_BYTE, count);
+  op.out.resize(static_cast<std::size_t>(std::max(*count, 0)));
+  return MPI_Imrecv(op.out.data(), *count, MPI_BYTE, &message, &op.request);
+}
+
 // What a communicator shares with its requests.
 class MpiCore {
  public:
@@ -162,18 +179,16 @@ class MpiCore {
     if (it == waiting_.end()) return slot->matched;
     std::deque<RecvSlot*>& queue = it->second;
     while (!queue.empty()) {
-      int flag = 0;
-      MPI_Message message = MPI_MESSAGE_NULL;
-      MPI_Status status;
-      const int rc = MPI_Improbe(slot->src, slot->tag, comm_, &flag, &message, &status);
-      if (rc != MPI_SUCCESS) return Status::Internal("MPI_Improbe failed: " + MpiError(rc));
-      if (!flag) break;
       RecvSlot* head = queue.front();
+      int count = -1;
+      const int rc = ReceiveNext(comm_, slot->src, slot->tag, *head->op, &count);
+      if (count < 0) {
+        if (rc != MPI_SUCCESS) return Status::Internal("MPI_Improbe failed: " + MpiError(rc));
+        break;  // nothing more has arrived
+      }
       queue.pop_front();
-      MPI_Get_count(&status, MPI_BYTE, &head->count);
-      head->op->out.resize(static_cast<std::size_t>(std::max(head->count, 0)));
-      head->error =
-          MPI_Imrecv(head->op->out.data(), head->count, MPI_BYTE, &message, &head->op->request);
+      head->count = count;
+      head->error = rc;
       head->matched = true;
     }
     const bool matched = slot->matched;
@@ -234,18 +249,11 @@ class MpiCore {
     draining_count_.store(static_cast<int>(draining_.size()), std::memory_order_relaxed);
     for (const auto& [tag, until] : draining_) {
       while (true) {
-        int flag = 0;
-        MPI_Message message = MPI_MESSAGE_NULL;
-        MPI_Status status;
-        if (MPI_Improbe(MPI_ANY_SOURCE, tag, comm_, &flag, &message, &status) != MPI_SUCCESS ||
-            !flag) {
-          break;
-        }
-        int count = 0;
-        MPI_Get_count(&status, MPI_BYTE, &count);
         auto op = std::make_unique<MpiOp>();
-        op->out.resize(static_cast<std::size_t>(std::max(count, 0)));
-        if (MPI_Imrecv(op->out.data(), count, MPI_BYTE, &message, &op->request) != MPI_SUCCESS) {
+        int count = -1;
+        const int rc = ReceiveNext(comm_, MPI_ANY_SOURCE, tag, *op, &count);
+        if (count < 0) break;  // nothing more has arrived (or the probe failed)
+        if (rc != MPI_SUCCESS) {
           op.release();  // NOLINT: in an unknown state after an error, so never freed
           continue;
         }

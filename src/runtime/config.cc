@@ -352,11 +352,13 @@ StatusOr<RuntimeConfig> ParseRuntimeConfig(const std::string& json_text,
   }
 }
 
-StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json) {
+bool IsInlineConfig(const std::string& path_or_json) {
   const size_t first = path_or_json.find_first_not_of(" \t\r\n\f\v");
-  if (first != std::string::npos && path_or_json[first] == '{') {
-    return ParseRuntimeConfig(path_or_json, "inline config");
-  }
+  return first != std::string::npos && path_or_json[first] == '{';
+}
+
+StatusOr<RuntimeConfig> LoadRuntimeConfig(const std::string& path_or_json) {
+  if (IsInlineConfig(path_or_json)) return ParseRuntimeConfig(path_or_json, "inline config");
   EPLB_ASSIGN_OR_RETURN(const std::string text, ReadFile(path_or_json));
   return ParseRuntimeConfig(text, path_or_json);
 }

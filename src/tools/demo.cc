@@ -243,8 +243,7 @@ int RunDemo(const DemoArgs& a) {
   if (!a.config.empty()) {
     // Read once, checked on its own (errors name the file or "inline config" and the key), then
     // its keys override the demo's defaults.
-    const size_t first = a.config.find_first_not_of(" \t\r\n");
-    const bool is_inline = first != std::string::npos && a.config[first] == '{';
+    const bool is_inline = IsInlineConfig(a.config);
     auto text = is_inline ? StatusOr<std::string>(a.config) : ReadFile(a.config);
     if (!text.ok()) return Fail(cmd, text.status());
     auto user = ParseRuntimeConfig(*text, is_inline ? "inline config" : a.config);
@@ -286,10 +285,7 @@ int RunDemo(const DemoArgs& a) {
   // Nor over the files the run reads (the configuration and the files it names).
   std::vector<std::string> inputs = {cfg->expert_map_path, cfg->expert_load_path,
                                      cfg->expert_map_record_path};
-  if (!a.config.empty() && a.config.find_first_not_of(" \t\r\n") != std::string::npos &&
-      a.config[a.config.find_first_not_of(" \t\r\n")] != '{') {
-    inputs.push_back(a.config);
-  }
+  if (!a.config.empty() && !IsInlineConfig(a.config)) inputs.push_back(a.config);
   std::erase(inputs, std::string());
   if (Status s = CheckOutputsAreNotInputs(outputs_named, inputs, "a file of the run:"); !s.ok()) {
     return Fail(cmd, s);
