@@ -210,14 +210,14 @@ Status WriteOutputs(const std::vector<std::pair<std::string, std::string>>& file
   namespace fs = std::filesystem;
   std::vector<std::string> paths;
   for (const auto& f : files) paths.push_back(f.first);
-  EPLB_RETURN_IF_ERROR(CheckDistinctOutputs(paths));
+  // Every path checked before the first write (a device or pipe before its contents are read as
+  // a backup, where a pipe would block): a failure here leaves nothing to put back.
+  EPLB_RETURN_IF_ERROR(CheckOutputsUpFront(paths));
   // What each file held before this call: nullopt when it did not exist.
   std::vector<std::optional<std::string>> old;
   for (size_t i = 0; i < files.size(); ++i) {
     const std::string& path = files[i].first;
     std::optional<std::string> before;
-    // A device or pipe is refused before its contents are read as a backup (a pipe would block).
-    EPLB_RETURN_IF_ERROR(CheckOutputFile(path));
     std::error_code ec;
     if (fs::exists(path, ec)) {
       auto text = ReadFile(path);
